@@ -1,0 +1,81 @@
+"""Subnet math and the etcd subnet-key format.
+
+flanneld names a lease by its subnet: ``10.5.34.0-24`` (and ``&fc00:0:0:22::-64`` for
+dual stack). The key parser must accept exactly what flanneld's regex accepts, because
+keys written by Go nodes and by us share one prefix in etcd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+
+from pyflannel.core.errors import LeaseFormatError
+
+# flanneld's regex, byte for byte, including its unescaped '.' between the 2nd and 3rd
+# octet: a key that Go accepts must not be rejected here.
+_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+
+
+def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """Parse the last path element of a lease key (or the whole key) into subnets."""
+    m = _SUBNET_KEY_RE.search(key)
+    if m is None:
+        raise LeaseFormatError(f"bad subnet key {key!r}")
+    try:
+        sn4 = IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
+        sn6 = None
+        if m.group(3) is not None:
+            sn6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
+    except ValueError as e:
+        raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
+    return sn4, sn6
+
+
+def make_subnet_key(sn4: IPv4Network, sn6: IPv6Network | None = None) -> str:
+    """The last path element of a lease key: ``100.64.67.0-24[&<v6>-<len>]``."""
+    key = f"{sn4.network_address}-{sn4.prefixlen}"
+    if sn6 is not None:
+        key += f"&{sn6.network_address.compressed}-{sn6.prefixlen}"
+    return key
+
+
+def first_host(net: IPv4Network) -> IPv4Address:
+    """The first usable address: the bridge gateway that subnet.env advertises."""
+    return net.network_address + 1
+
+
+def subnets_between(
+    lo: IPv4Address, hi: IPv4Address, prefixlen: int
+) -> Iterator[IPv4Network]:
+    """Every subnet of ``prefixlen`` whose network address lies in [lo, hi]."""
+    step = 1 << (32 - prefixlen)
+    cur, end = int(lo), int(hi)
+    while cur <= end:
+        yield IPv4Network((cur, prefixlen))
+        cur += step
+
+
+def overlaps(a: IPv4Network | IPv6Network, b: IPv4Network | IPv6Network) -> bool:
+    return a.version == b.version and a.overlaps(b)
+
+
+def parse_ipv4(text: str, what: str) -> IPv4Address:
+    """Parse a dotted quad; ``what`` names the thing in the error."""
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"{what}: invalid IPv4 address {text!r}") from None
+
+
+def parse_cidr4(text: str, what: str) -> IPv4Network:
+    """Parse ``a.b.c.d/n`` the way Go's net.ParseCIDR does, masking host bits."""
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise ValueError(f"{what}: invalid CIDR address {text!r}") from None
+    if "/" not in text:
+        raise ValueError(f"{what}: invalid CIDR address {text!r}")
+    return iface.network

@@ -1,0 +1,156 @@
+"""Leases as flanneld stores them in etcd.
+
+A lease value is Go's ``json.Marshal(LeaseAttrs)``: no spaces, fields in struct order,
+``PublicIPv6`` always present (``null`` when unset), ``BackendType``/``BackendData``/
+``BackendV6Data`` omitted when empty. Go compacts ``json.RawMessage`` on output, so
+BackendData is kept here as compact JSON text and written back unchanged; that keeps a
+round trip byte-identical for leases written by other backends or versions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from pyflannel.core.errors import LeaseFormatError
+from pyflannel.core.ipnet import make_subnet_key
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# Larger values are not leases flanneld could have written; refuse before parsing.
+MAX_LEASE_VALUE_BYTES = 64 * 1024
+
+
+def _compact(obj: Any) -> str:
+    # Go escapes <, > and & in strings; ensure_ascii=False keeps other text as Go does.
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@dataclass(frozen=True)
+class VxlanData:
+    """BackendData of a vxlan lease."""
+
+    vni: int
+    vtep_mac: str
+
+    def to_json(self) -> str:
+        return _compact({"VNI": self.vni, "VtepMAC": self.vtep_mac})
+
+
+def normalize_mac(text: str) -> str:
+    mac = text.strip().lower()
+    if not _MAC_RE.match(mac):
+        raise LeaseFormatError(f"bad VtepMAC {text!r}")
+    return mac
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    public_ip: IPv4Address
+    public_ipv6: IPv6Address | None = None
+    backend_type: str = ""
+    backend_data: str | None = None  # compact JSON text, as stored
+    backend_v6_data: str | None = None
+
+    def to_json(self) -> str:
+        parts = [
+            f'"PublicIP":{json.dumps(str(self.public_ip))}',
+            '"PublicIPv6":' + (json.dumps(self.public_ipv6.compressed) if self.public_ipv6 else "null"),
+        ]
+        if self.backend_type:
+            parts.append(f'"BackendType":{_compact(self.backend_type)}')
+        if self.backend_data is not None:
+            parts.append(f'"BackendData":{self.backend_data}')
+        if self.backend_v6_data is not None:
+            parts.append(f'"BackendV6Data":{self.backend_v6_data}')
+        return "{" + ",".join(parts) + "}"
+
+    def vxlan_data(self) -> VxlanData:
+        """Decode BackendData as vxlan data; raises LeaseFormatError if it is not."""
+        if self.backend_data is None:
+            raise LeaseFormatError("vxlan lease has no BackendData")
+        try:
+            d = json.loads(self.backend_data)
+        except ValueError:
+            raise LeaseFormatError("BackendData is not JSON") from None
+        if not isinstance(d, dict):
+            raise LeaseFormatError("BackendData is not an object")
+        low = {k.lower(): v for k, v in d.items()}
+        mac = low.get("vtepmac")
+        if not isinstance(mac, str):
+            raise LeaseFormatError(f"BackendData.VtepMAC missing or not a string: {mac!r}")
+        vni = low.get("vni", 0)
+        if vni is None:
+            vni = 0
+        if isinstance(vni, bool) or not isinstance(vni, int):
+            raise LeaseFormatError(f"BackendData.VNI is not an integer: {vni!r}")
+        return VxlanData(vni=vni, vtep_mac=normalize_mac(mac))
+
+
+def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
+    """Decode a lease value; raises LeaseFormatError naming what is wrong."""
+    if len(value) > MAX_LEASE_VALUE_BYTES:
+        raise LeaseFormatError(f"lease value too large ({len(value)} bytes)")
+    try:
+        raw = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LeaseFormatError(f"lease value is not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise LeaseFormatError(f"lease value is not a JSON object: {type(raw).__name__}")
+    d = {k.lower(): v for k, v in raw.items()}
+    pub = d.get("publicip")
+    if not isinstance(pub, str):
+        raise LeaseFormatError(f"PublicIP missing or not a string: {pub!r}")
+    try:
+        public_ip = IPv4Address(pub)
+    except ValueError:
+        raise LeaseFormatError(f"bad PublicIP {pub!r}") from None
+    pub6 = d.get("publicipv6")
+    public_ipv6 = None
+    if pub6 is not None:
+        if not isinstance(pub6, str):
+            raise LeaseFormatError(f"PublicIPv6 is not a string: {pub6!r}")
+        try:
+            public_ipv6 = IPv6Address(pub6)
+        except ValueError:
+            raise LeaseFormatError(f"bad PublicIPv6 {pub6!r}") from None
+    btype = d.get("backendtype") or ""
+    if not isinstance(btype, str):
+        raise LeaseFormatError(f"BackendType is not a string: {btype!r}")
+    bdata = d.get("backenddata")
+    bdata6 = d.get("backendv6data")
+    return LeaseAttrs(
+        public_ip=public_ip,
+        public_ipv6=public_ipv6,
+        backend_type=btype,
+        backend_data=None if bdata is None else _compact(bdata),
+        backend_v6_data=None if bdata6 is None else _compact(bdata6),
+    )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One subnet lease as seen in etcd.
+
+    ``lease_id`` is the etcd lease the key is attached to; 0 means the key has none, which
+    pyflannel treats as a reservation (flannel issue #1329). ``expiration`` is a unix time,
+    or None for a reservation.
+    """
+
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    subnet6: IPv6Network | None = None
+    lease_id: int = 0
+    expiration: float | None = None
+    mod_revision: int = 0
+
+    @property
+    def key_name(self) -> str:
+        return make_subnet_key(self.subnet, self.subnet6)
+
+    @property
+    def reserved(self) -> bool:
+        return self.lease_id == 0
