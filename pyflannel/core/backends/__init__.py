@@ -1,0 +1,1 @@
+"""Desired-state builders, one module per backend type."""

@@ -1,0 +1,173 @@
+"""The vxlan backend's desired state, as flanneld v0.9+ builds it.
+
+Design note (after flannel's ``backend/vxlan/vxlan.go``): each remote host gets exactly
+three kernel objects, all static, so nothing depends on L2/L3-miss upcalls to a running
+daemon and a restart is hitless:
+
+* a permanent neighbour ``<peer subnet>.0 lladdr <peer VtepMAC>`` on ``flannel.<VNI>``,
+* a permanent ``self`` FDB entry ``<peer VtepMAC> dst <peer PublicIP>``,
+* an onlink route ``<peer subnet> via <peer subnet>.0 dev flannel.<VNI>``.
+
+The route's gateway resolves through the neighbour to the peer's VTEP MAC, and the FDB
+maps that MAC to the underlay address. There is no route for the whole Network and none
+for our own subnet (that one belongs to docker0/cni0). With DirectRouting, a peer whose
+PublicIP is on the uplink's own L2 gets a plain route via its PublicIP and no encapsulation.
+
+Peers are checked here, not trusted: a lease that would install a route over our own
+subnet, over the node LAN, or outside the Network is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from pyflannel.core.errors import ConfigError, LeaseFormatError
+from pyflannel.core.lease import Lease
+from pyflannel.core.model import Fdb, Neigh, PeerState, Route
+
+BACKEND_TYPE = "vxlan"
+DEFAULT_PORT = 8472
+
+
+@dataclass(frozen=True)
+class VxlanOptions:
+    vni: int = 1
+    port: int = 0
+    gbp: bool = False
+    direct_routing: bool = False
+    learning: bool = False
+    mtu: int = 0
+
+    @property
+    def device(self) -> str:
+        return f"flannel.{self.vni}"
+
+
+def parse_options(backend: dict[str, Any]) -> VxlanOptions:
+    """Decode the vxlan Backend object (keys case-insensitive, as Go decodes them)."""
+    d = {k.lower(): v for k, v in backend.items()}
+
+    def num(name: str, default: int, lo: int, hi: int) -> int:
+        v = d.get(name.lower())
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"error decoding VXLAN backend config: {name} must be an integer, got {json.dumps(v)}")
+        if not lo <= v <= hi:
+            raise ConfigError(f"error decoding VXLAN backend config: {name} out of range {lo}..{hi}, got {v}")
+        return v
+
+    def flag(name: str) -> bool:
+        v = d.get(name.lower())
+        if v is None:
+            return False
+        if not isinstance(v, bool):
+            raise ConfigError(f"error decoding VXLAN backend config: {name} must be true or false, got {json.dumps(v)}")
+        return v
+
+    return VxlanOptions(
+        vni=num("VNI", 1, 0, (1 << 24) - 1),
+        port=num("Port", 0, 0, 65535),
+        gbp=flag("GBP"),
+        direct_routing=flag("DirectRouting"),
+        learning=flag("Learning"),
+        mtu=num("MTU", 0, 0, 65535),
+    )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Peer:
+    lease: Lease
+    vtep_mac: str
+
+
+def select_peers(
+    own: Lease,
+    leases: Iterable[Lease],
+    network: IPv4Network,
+    protected: Sequence[IPv4Network] = (),
+) -> tuple[list[Peer], list[Rejected]]:
+    """Split leases into usable vxlan peers and rejected ones (with reasons).
+
+    ``protected`` are networks no peer route may cover (the node's own LAN prefixes).
+    Leases of another BackendType are skipped silently: they are foreign, not bad.
+    """
+    peers: list[Peer] = []
+    rejected: list[Rejected] = []
+    for le in leases:
+        if le.subnet == own.subnet:
+            continue
+        if le.attrs.backend_type != BACKEND_TYPE:
+            continue
+        key = le.key_name
+        if not le.subnet.subnet_of(network):
+            rejected.append(Rejected(key, f"subnet {le.subnet} is outside the Network {network}"))
+            continue
+        if le.subnet.overlaps(own.subnet):
+            rejected.append(Rejected(key, f"subnet {le.subnet} overlaps our own subnet {own.subnet}"))
+            continue
+        bad = next((p for p in protected if le.subnet.overlaps(p)), None)
+        if bad is not None:
+            rejected.append(Rejected(key, f"subnet {le.subnet} overlaps the node network {bad}"))
+            continue
+        if le.attrs.public_ip == own.attrs.public_ip:
+            rejected.append(Rejected(key, f"PublicIP {le.attrs.public_ip} is our own"))
+            continue
+        if int(le.attrs.public_ip) == 0 or le.attrs.public_ip.is_multicast or le.attrs.public_ip.is_loopback:
+            rejected.append(Rejected(key, f"PublicIP {le.attrs.public_ip} is not a unicast host address"))
+            continue
+        try:
+            data = le.attrs.vxlan_data()
+        except LeaseFormatError as e:
+            rejected.append(Rejected(key, str(e)))
+            continue
+        peers.append(Peer(le, data.vtep_mac))
+    # Two leases overlapping each other cannot both be routed; keep the first by subnet order.
+    peers.sort(key=lambda p: (p.lease.subnet, p.lease.key_name))
+    kept: list[Peer] = []
+    for p in peers:
+        clash = next((k for k in kept if k.lease.subnet.overlaps(p.lease.subnet)), None)
+        if clash is not None:
+            rejected.append(Rejected(p.lease.key_name, f"subnet {p.lease.subnet} overlaps peer {clash.lease.subnet}"))
+        else:
+            kept.append(p)
+    return kept, rejected
+
+
+def desired_state(
+    device: str,
+    peers: Iterable[Peer],
+    direct_routing: bool = False,
+    uplink: str = "",
+    onlink_networks: Sequence[IPv4Network] = (),
+) -> PeerState:
+    """The routes, neighbours and FDB entries the peers call for."""
+    routes: set[Route] = set()
+    neighs: set[Neigh] = set()
+    fdbs: set[Fdb] = set()
+    for p in peers:
+        sn = p.lease.subnet
+        pub: IPv4Address = p.lease.attrs.public_ip
+        if direct_routing and uplink and any(pub in n for n in onlink_networks):
+            routes.add(Route(sn, pub, uplink, onlink=False))
+            continue
+        vtep = sn.network_address
+        neighs.add(Neigh(vtep, p.vtep_mac, device))
+        fdbs.add(Fdb(p.vtep_mac, pub, device))
+        routes.add(Route(sn, vtep, device, onlink=True))
+    return PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+
+
+def mtu_for(uplink_mtu: int, opts: VxlanOptions) -> int:
+    """FLANNEL_MTU: (Backend MTU or uplink MTU) minus the 50-byte VXLAN/IPv4 overhead."""
+    return (opts.mtu or uplink_mtu) - 50

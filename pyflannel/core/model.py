@@ -1,0 +1,124 @@
+"""Value types for the kernel state pyflannel owns.
+
+The reconciler compares sets of these: what the leases say should exist against what the
+kernel has. Each type names its kernel identity (``ident``): two entries with the same
+identity are one kernel object, so a difference in the rest is a replace, not an add and a
+delete (deleting a neighbour by IP after replacing it would remove the new one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """``ip route replace <dst> via <via> dev <dev> [onlink]`` in the main table."""
+
+    dst: IPv4Network
+    via: IPv4Address
+    dev: str
+    onlink: bool = False
+
+    @property
+    def ident(self) -> tuple[str, IPv4Network]:
+        return ("route", self.dst)
+
+
+@dataclass(frozen=True, order=True)
+class Neigh:
+    """A permanent neighbour (ARP) entry: the peer VTEP's address -> its VtepMAC."""
+
+    ip: IPv4Address
+    mac: str
+    dev: str
+
+    @property
+    def ident(self) -> tuple[str, str, IPv4Address]:
+        return ("neigh", self.dev, self.ip)
+
+
+@dataclass(frozen=True, order=True)
+class Fdb:
+    """A permanent ``self`` FDB entry on the VXLAN device: VtepMAC -> the peer's PublicIP."""
+
+    mac: str
+    dst: IPv4Address
+    dev: str
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return ("fdb", self.dev, self.mac)
+
+
+Entry = Route | Neigh | Fdb
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """The peer part of the data plane: every route, neighbour and FDB entry."""
+
+    routes: frozenset[Route] = field(default_factory=frozenset)
+    neighs: frozenset[Neigh] = field(default_factory=frozenset)
+    fdbs: frozenset[Fdb] = field(default_factory=frozenset)
+
+    def entries(self) -> list[Entry]:
+        return [*self.routes, *self.neighs, *self.fdbs]
+
+
+@dataclass(frozen=True)
+class VxlanLink:
+    """What the ``flannel.<VNI>`` device must look like."""
+
+    name: str
+    vni: int
+    local: IPv4Address
+    uplink_index: int
+    port: int  # 0 = kernel default 8472
+    gbp: bool
+    learning: bool
+    mtu: int | None  # None = let the kernel derive it from the uplink
+
+
+@dataclass(frozen=True)
+class LiveVxlanLink:
+    """The attributes of an existing VXLAN device that decide whether it can be reused."""
+
+    name: str
+    index: int
+    kind: str
+    vni: int | None
+    local: IPv4Address | None
+    uplink_index: int | None
+    port: int
+    gbp: bool
+    learning: bool
+    mac: str
+    mtu: int
+    up: bool
+    addresses: tuple[str, ...] = ()  # "a.b.c.d/len"
+
+
+def link_incompatibilities(want: VxlanLink, live: LiveVxlanLink) -> list[str]:
+    """Why ``live`` cannot be reused as ``want``; empty when it can (flannel's vxlanLinksIncompat).
+
+    Port is compared only when both are set, because the kernel reports its default 8472
+    for a device created without one.
+    """
+    why = []
+    if live.kind != "vxlan":
+        why.append(f"type: {live.kind} vs vxlan")
+    if live.vni != want.vni:
+        why.append(f"vni: {live.vni} vs {want.vni}")
+    if live.local != want.local:
+        why.append(f"local: {live.local} vs {want.local}")
+    if live.uplink_index != want.uplink_index:
+        why.append(f"dev index: {live.uplink_index} vs {want.uplink_index}")
+    if want.port and live.port and live.port != want.port:
+        why.append(f"port: {live.port} vs {want.port}")
+    if live.gbp != want.gbp:
+        why.append(f"gbp: {live.gbp} vs {want.gbp}")
+    if live.learning != want.learning:
+        why.append(f"learning: {live.learning} vs {want.learning}")
+    return why

@@ -1,0 +1,70 @@
+"""Diff desired peer state against the kernel and order the operations.
+
+This is where all ordering rules live. On add, the neighbour and FDB entries go in before
+the route: with an onlink route in place and no neighbour, the kernel would send ARP for
+the gateway over the VXLAN device. On delete, the route goes first for the same reason.
+A failed op needs no rollback; the next reconcile pass plans it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from pyflannel.core.model import Entry, Fdb, Neigh, PeerState, Route
+
+Action = Literal["replace", "delete"]
+
+
+@dataclass(frozen=True)
+class Op:
+    action: Action
+    entry: Entry
+
+    def __str__(self) -> str:
+        return f"{self.action} {describe(self.entry)}"
+
+
+def describe(e: Entry) -> str:
+    if isinstance(e, Route):
+        return f"route {e.dst} via {e.via} dev {e.dev}{' onlink' if e.onlink else ''}"
+    if isinstance(e, Neigh):
+        return f"neigh {e.ip} lladdr {e.mac} dev {e.dev}"
+    return f"fdb {e.mac} dst {e.dst} dev {e.dev}"
+
+
+def _rank(op: Op) -> int:
+    e = op.entry
+    if op.action == "delete":
+        return 0 if isinstance(e, Route) else (3 if isinstance(e, Fdb) else 4)
+    return 5 if isinstance(e, Route) else (1 if isinstance(e, Neigh) else 2)
+
+
+def plan(desired: PeerState, actual: PeerState) -> list[Op]:
+    """The operations that turn ``actual`` into ``desired``, in a safe order.
+
+    Order: delete routes; replace neighbours; replace FDB entries; delete FDB entries;
+    delete neighbours; replace routes.
+    """
+    ops = diff(desired.entries(), actual.entries())
+    return sorted(ops, key=lambda o: (_rank(o), describe(o.entry)))
+
+
+def diff(desired: Iterable[Entry], actual: Iterable[Entry]) -> list[Op]:
+    want: dict[object, Entry] = {e.ident: e for e in desired}
+    have: dict[object, list[Entry]] = {}
+    for e in actual:
+        have.setdefault(e.ident, []).append(e)
+    ops: list[Op] = []
+    for ident, e in want.items():
+        cur = have.get(ident, [])
+        if cur != [e]:
+            # Extra copies under one identity (e.g. a route with another metric) are removed.
+            ops.extend(Op("delete", c) for c in cur if c != e and isinstance(c, Route) and len(cur) > 1)
+            if e not in cur:
+                ops.append(Op("replace", e))
+    for ident, cur in have.items():
+        if ident not in want:
+            ops.extend(Op("delete", c) for c in cur)
+    return ops
