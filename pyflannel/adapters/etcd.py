@@ -36,6 +36,7 @@ KEEPALIVE_IDLE = 3
 KEEPALIVE_INTERVAL = 2
 KEEPALIVE_COUNT = 3
 USER_TIMEOUT_MS = 10_000
+ROUND_PAUSE = 1.0
 
 
 class EtcdError(FlannelError):
@@ -233,7 +234,11 @@ class EtcdClient:
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one unary request, failing over across endpoints and re-authenticating once."""
         last: Exception | None = None
-        for _ in range(len(self.endpoints)):
+        # Two rounds over the endpoints: right after a member dies the others may answer
+        # "no leader" until the election (about a second) is over.
+        for attempt in range(2 * len(self.endpoints)):
+            if attempt == len(self.endpoints):
+                await asyncio.sleep(ROUND_PAUSE)
             idx = self._current
             endpoint = self.endpoints[idx]
             reauthed = False

@@ -48,6 +48,14 @@ class LeaseEvent:
     revision: int
 
 
+@dataclass(frozen=True)
+class ConfigEvent:
+    """The config key changed; ``text`` is None when it was deleted."""
+
+    text: str | None
+    revision: int
+
+
 def join(prefix: str, *parts: str) -> str:
     """Go's path.Join for our keys: one slash between parts, no trailing slash."""
     segs = [p.strip("/") for p in (prefix, *parts) if p.strip("/")]
@@ -147,10 +155,21 @@ class SubnetRegistry:
     async def delete_lease(self, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> int:
         return await self.client.delete(self.lease_key(subnet, subnet6))
 
-    async def watch(self, start_revision: int) -> AsyncIterator[list[LeaseEvent]]:
-        """Lease events from ``start_revision``; raises Compacted / EtcdError like the client."""
-        async for batch in self.client.watch(self.subnets_prefix, start_revision):
-            yield [self._event(ev) for ev in batch.events]
+    async def watch(self, start_revision: int) -> AsyncIterator[list[LeaseEvent | ConfigEvent]]:
+        """Lease and config events from ``start_revision``, one watch on the whole prefix.
+
+        Raises Compacted / EtcdError like the client. Keys under the prefix that are neither
+        the config nor a subnet are ignored.
+        """
+        async for batch in self.client.watch(self.prefix.rstrip("/") + "/", start_revision):
+            out: list[LeaseEvent | ConfigEvent] = []
+            for ev in batch.events:
+                if ev.kv.key == self.config_key:
+                    text = None if ev.type == "DELETE" else ev.kv.value.decode(errors="replace")
+                    out.append(ConfigEvent(text, ev.kv.mod_revision))
+                elif ev.kv.key.startswith(self.subnets_prefix):
+                    out.append(self._event(ev))
+            yield out
 
     def _event(self, ev: WatchEvent) -> LeaseEvent:
         rev = ev.kv.mod_revision

@@ -1,0 +1,148 @@
+"""Acquire the node's subnet lease, renew it, and take it back if it disappears.
+
+Differences from flanneld, on purpose (flannel-spec.md section 11, items 3 and 16):
+* a lost create race is retried with another subnet instead of exiting;
+* if our key is deleted (an operator revoked it, or it expired while etcd was away), the
+  lease is acquired again, preferring the same subnet, instead of exiting with status 0;
+* renewal is a keepalive on the etcd lease, so peers see no watch event for it;
+* a reservation (a key with no etcd lease) is used as is and never given a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.adapters.etcd import EtcdError
+from pyflannel.adapters.registry import LEASE_TTL, SubnetRegistry
+from pyflannel.core.allocate import choose_subnet
+from pyflannel.core.config import NetworkConfig
+from pyflannel.core.errors import FlannelError, OutOfSubnets
+from pyflannel.core.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 10
+RETRY_AFTER_ERROR = 10.0
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        registry: SubnetRegistry,
+        public_ip: IPv4Address,
+        attrs: Callable[[], LeaseAttrs],
+        renew_margin: float,
+        ttl: int = LEASE_TTL,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.public_ip = public_ip
+        self.attrs = attrs
+        self.renew_margin = renew_margin
+        self.ttl = ttl
+        self.rng = rng or random.Random()
+        self.lease: Lease | None = None
+        self._wake = asyncio.Event()
+        self._lost = False
+        self.reacquisitions = 0
+
+    @property
+    def key(self) -> str | None:
+        return None if self.lease is None else self.registry.lease_key(self.lease.subnet, self.lease.subnet6)
+
+    async def acquire(self, config: NetworkConfig, previous: IPv4Network | None) -> Lease:
+        """One AcquireLease: up to 10 rounds of list, choose, write."""
+        exclude: list[IPv4Network] = []
+        assert config.network is not None
+        log.info("Picking subnet in range %s ... %s", config.subnet_min, config.subnet_max)
+        for _ in range(MAX_ATTEMPTS):
+            leases, _bad, _rev = await self.registry.list_leases()
+            choice = choose_subnet(config, leases, self.public_ip, previous, self.rng, exclude)
+            for stale in choice.stale:
+                log.info("Lease %s for current IP %s does not fit the config; deleting it", stale.subnet,
+                         self.public_ip)
+                await self.registry.delete_lease(stale.subnet, stale.subnet6)
+            attrs = self.attrs()
+            if choice.existing is not None:
+                old = choice.existing
+                lease = await self.registry.update_lease(old, attrs, self.ttl)
+                if not old.reserved and old.lease_id and old.lease_id != lease.lease_id:
+                    # The key now hangs on the new etcd lease; drop the old one rather than
+                    # leave it to expire in 24 h.
+                    await self.registry.client.lease_revoke(old.lease_id)
+                kind = "reservation" if old.reserved else "lease"
+                log.info("Found %s (%s) for current IP (%s), reusing", kind, old.subnet, self.public_ip)
+            else:
+                created = await self.registry.create_lease(choice.subnet, attrs, self.ttl)
+                if created is None:
+                    log.info("Subnet %s was taken by another node meanwhile; trying another", choice.subnet)
+                    exclude.append(choice.subnet)
+                    # Nodes that collided once are likely in lockstep; a little jitter parts them.
+                    await asyncio.sleep(self.rng.uniform(0, 0.05))
+                    continue
+                lease = created
+            log.info("Lease acquired: %s (%s)", lease.subnet, choice.reason)
+            self.lease = lease
+            self._lost = False
+            return lease
+        raise FlannelError("Max retries reached trying to acquire a subnet")
+
+    def check_own(self, leases: dict[str, Lease], watched_revision: int) -> None:
+        """Called after every watcher update: notice our key being deleted or taken over."""
+        if self.lease is None or self.key is None or watched_revision <= self.lease.mod_revision:
+            return
+        cur = leases.get(self.key)
+        if cur is None:
+            log.warning("Lease %s has been revoked or expired; acquiring a lease again", self.lease.subnet)
+        elif cur.attrs.public_ip != self.public_ip:
+            log.warning("Lease %s was taken over by %s; acquiring a lease again", self.lease.subnet,
+                        cur.attrs.public_ip)
+        else:
+            return
+        self._lost = True
+        self._wake.set()
+
+    def renew_due(self, now: float) -> float | None:
+        """Seconds until renewal, or None for a reservation (never renewed)."""
+        if self.lease is None or self.lease.reserved or self.lease.expiration is None:
+            return None
+        return max(0.0, self.lease.expiration - self.renew_margin - now)
+
+    async def run(self, get_config: Callable[[], NetworkConfig], on_change: Callable[[Lease], None]) -> None:
+        """Renew before expiry and re-acquire when lost; runs until cancelled."""
+        while True:
+            due = self.renew_due(time.time())
+            if due is not None and not self._lost:
+                log.info("Waiting for %.0fs to renew lease", due)
+            # Lost: retry at once (errors below sleep first). Reserved: wait for a wake-up only.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0 if self._lost else due)
+            self._wake.clear()
+            assert self.lease is not None
+            old = self.lease
+            try:
+                if not self._lost:
+                    renewed = await self.registry.renew_lease(old, self.ttl)
+                    if renewed is not None:
+                        self.lease = renewed
+                        log.info("Renewed lease %s", old.subnet)
+                        continue
+                    log.warning("etcd lease behind %s is gone; acquiring a lease again", old.subnet)
+                self.reacquisitions += 1
+                new = await self.acquire(get_config(), old.subnet)
+                if new.subnet != old.subnet:
+                    log.warning("Subnet changed from %s to %s", old.subnet, new.subnet)
+                on_change(new)
+            except OutOfSubnets as e:
+                log.error("Could not acquire a lease: %s; retrying in %.0fs", e, RETRY_AFTER_ERROR)
+                self._lost = True
+                await asyncio.sleep(RETRY_AFTER_ERROR)
+            except (EtcdError, FlannelError) as e:
+                log.error("Error renewing lease (trying again in %.0fs): %s", RETRY_AFTER_ERROR, e)
+                await asyncio.sleep(RETRY_AFTER_ERROR)

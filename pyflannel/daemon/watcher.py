@@ -1,0 +1,119 @@
+"""The node's view of every lease: a snapshot, then one long-lived watch.
+
+flanneld v0.20.2 opens a new watch per event and keeps only ``Events[0]`` of each
+response, so bursts and txns lose events (reference-state.md section 6). Here one watch
+runs from the snapshot revision + 1, every event of every response is applied, and the
+resume point is the last event's revision + 1. On compaction the watcher lists again and
+replaces its map; on a broken stream it reconnects (100 ms doubling to 1 s, so a returning
+etcd is caught up within about a second) from where it stopped.
+
+The map is all the reconciler needs: it diffs the kernel against the map, so a resync
+needs no synthetic add/remove events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pyflannel.adapters.etcd import Compacted, EtcdError
+from pyflannel.adapters.registry import BadLease, ConfigEvent, LeaseEvent, SubnetRegistry
+from pyflannel.core.lease import Lease
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 1.0
+
+
+class LeaseWatcher:
+    def __init__(
+        self,
+        registry: SubnetRegistry,
+        on_change: Callable[[], None],
+        on_config: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.on_change = on_change
+        self.on_config = on_config
+        self.leases: dict[str, Lease] = {}
+        self.bad: dict[str, str] = {}
+        self.synced = asyncio.Event()
+        self.revision = 0  # the next revision the watch asks for
+        self.watch_restarts = 0
+        self.errors = 0
+
+    def _note_bad(self, b: BadLease) -> None:
+        # Each bad value is reported once per key and reason, not on every resync.
+        if self.bad.get(b.key) != b.reason:
+            log.warning("Ignoring bad subnet lease %s: %s", b.key, b.reason.removeprefix(b.key + ": "))
+            self.bad[b.key] = b.reason
+
+    def _replace(self, leases: list[Lease], bad: list[BadLease]) -> None:
+        new = {self.registry.lease_key(le.subnet, le.subnet6): le for le in leases}
+        added = new.keys() - self.leases.keys()
+        removed = self.leases.keys() - new.keys()
+        if self.synced.is_set() and (added or removed):
+            log.info("resync found %d new and %d removed leases", len(added), len(removed))
+        self.leases = new
+        bad_keys = {b.key for b in bad}
+        for k in list(self.bad):
+            if k not in bad_keys:
+                del self.bad[k]
+        for b in bad:
+            self._note_bad(b)
+
+    def apply(self, events: list[LeaseEvent | ConfigEvent]) -> None:
+        for ev in events:
+            self.revision = max(self.revision, ev.revision + 1)
+            if isinstance(ev, ConfigEvent):
+                if self.on_config is not None:
+                    self.on_config(ev.text)
+                continue
+            if ev.lease is not None:
+                # A key written under a non-canonical name is stored under its own key.
+                prev = self.leases.get(ev.key)
+                self.leases[ev.key] = ev.lease
+                self.bad.pop(ev.key, None)
+                if prev is None:
+                    log.debug("lease added: %s %s", ev.key, ev.lease.attrs.public_ip)
+            else:
+                self.leases.pop(ev.key, None)
+                if ev.bad is not None:
+                    self._note_bad(ev.bad)
+                else:
+                    self.bad.pop(ev.key, None)
+                    log.debug("lease removed: %s", ev.key)
+
+    async def resync(self) -> None:
+        leases, bad, rev = await self.registry.list_leases()
+        self._replace(leases, bad)
+        self.revision = rev + 1
+        self.synced.set()
+        self.on_change()
+
+    async def run(self) -> None:
+        # Already holding a snapshot (resync() was called): resume from its revision.
+        need_list = not self.synced.is_set()
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                if need_list:
+                    await self.resync()
+                    need_list = False
+                async for events in self.registry.watch(self.revision):
+                    backoff = BACKOFF_MIN
+                    if events:
+                        self.apply(events)
+                        self.on_change()
+            except Compacted as e:
+                self.watch_restarts += 1
+                log.warning("lease watch: %s; listing all leases again", e)
+                need_list = True
+            except EtcdError as e:
+                self.errors += 1
+                self.watch_restarts += 1
+                log.warning("lease watch failed: %s; retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)

@@ -1,0 +1,50 @@
+"""Log formats: klog-like text (flanneld's look) or one JSON object per line.
+
+``-v`` keeps flanneld's meaning: 0 logs what changed at INFO, 2 adds per-peer detail, 4 and
+above add DEBUG (netlink calls, plans, watch events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+
+class KlogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.localtime(record.created)
+        us = int((record.created % 1) * 1_000_000)
+        head = (f"{record.levelname[0]}{time.strftime('%m%d %H:%M:%S', t)}.{us:06d} {os.getpid():7d} "
+                f"{record.filename}:{record.lineno}]")
+        msg = f"{head} {record.getMessage()}"
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return msg
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "caller": f"{record.filename}:{record.lineno}",
+        }
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def setup(fmt: str = "text", verbosity: int = 0) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KlogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbosity >= 4 else logging.INFO)
+    # pyroute2 and httpx are chatty at INFO/DEBUG and say nothing an operator needs.
+    for name in ("pyroute2", "httpx", "httpcore", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
