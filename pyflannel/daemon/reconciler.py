@@ -71,6 +71,8 @@ class Reconciler:
         self.wake = asyncio.Event()
         self.stats = SyncStats()
         self._rejected_seen: set[tuple[str, str]] = set()
+        # Passes must not overlap: two concurrent observes would both plan the same ops.
+        self._lock = asyncio.Lock()
 
     def trigger(self) -> None:
         self.wake.set()
@@ -103,6 +105,10 @@ class Reconciler:
         return live.index, live.mac
 
     async def reconcile_once(self) -> list[tuple[Op, str]]:
+        async with self._lock:
+            return await self._pass()
+
+    async def _pass(self) -> list[tuple[Op, str]]:
         started = time.monotonic()
         own = self.own_lease()
         if own is None:

@@ -1,0 +1,352 @@
+"""The vxlan data plane on a real kernel: 3 nodes in network namespaces, a real etcd, real flanneld.
+
+Checks what reference-state.md says Go flanneld v0.20.2 produces (etcd values, device, address, routes,
+neighbours, FDB, iptables-save, subnet.env), plus connectivity, NAT, hitless restarts, peers leaving,
+bursts of lease changes and hand-made drift.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
+
+pytestmark = pytest.mark.root
+CONFIG = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'
+LEASE_RE = re.compile(
+    r'^\{"PublicIP":"(198\.18\.0\.\d+)","PublicIPv6":null,"BackendType":"vxlan",'
+    r'"BackendData":\{"VNI":1,"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}\}$'
+)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def start_cluster(prefix: str, workdir: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> Cluster:
+    c = Cluster(prefix=prefix, nodes=nodes, workdir=workdir)
+    try:
+        c.up()
+        c.start_etcd()
+        c.put_config(CONFIG)
+        for n in c.nodes:
+            c.start_flanneld(n, extra)
+        for n in c.nodes:
+            c.wait_subnet_env(n)
+        wait_converged(c)
+    except BaseException:
+        c.down()
+        raise
+    return c
+
+
+def own_subnet(c: Cluster, node: Node) -> IPv4Network:
+    return IPv4Network(c.read_subnet_env(node)["FLANNEL_SUBNET"], strict=False)
+
+
+def kernel(node_ns: str) -> dict[str, set[tuple[str, ...]]]:
+    """Routes on flannel.1, its neighbours and FDB entries, read with pyroute2."""
+    with IPRoute(netns=node_ns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname="flannel.1")
+        if not idx:
+            return {"routes": set(), "neigh": set(), "fdb": set()}
+        i = idx[0]
+        routes = {
+            (f"{r.get('RTA_DST')}/{r['dst_len']}", r.get("RTA_GATEWAY"), "onlink" if r["flags"] & 4 else "",
+             str(r["proto"]))
+            for r in ipr.route("dump", family=2, table=254)
+            if r.get("RTA_OIF") == i
+        }
+        neigh = {
+            (n.get("NDA_DST"), n.get("NDA_LLADDR"), "permanent" if n["state"] & 0x80 else str(n["state"]))
+            for n in ipr.neigh("dump", family=2)
+            if n["ifindex"] == i
+        }
+        fdb = {
+            (n.get("NDA_LLADDR"), n.get("NDA_DST"), "self" if n["flags"] & 2 else "", "permanent"
+             if n["state"] & 0x80 else str(n["state"]))
+            for n in ipr.fdb("dump", ifindex=i)
+            if n["ifindex"] == i and n.get("NDA_DST")
+        }
+    return {"routes": routes, "neigh": neigh, "fdb": fdb}
+
+
+def leases(c: Cluster) -> dict[str, str]:
+    out = c.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
+    return {out[i]: out[i + 1] for i in range(0, len(out) - 1, 2)}
+
+
+def expected(c: Cluster, node: Node, ls: dict[str, str] | None = None) -> dict[str, set[tuple[str, ...]]]:
+    """What reference-state.md section 3 says node should hold, from the leases in etcd."""
+    ls = leases(c) if ls is None else ls
+    mine = own_subnet(c, node)
+    routes, neigh, fdb = set(), set(), set()
+    for key, value in ls.items():
+        net = IPv4Network(key.rsplit("/", 1)[-1].replace("-", "/"))
+        if net == mine:
+            continue
+        d = json.loads(value)
+        mac, pub, vtep = d["BackendData"]["VtepMAC"], d["PublicIP"], str(net.network_address)
+        routes.add((str(net), vtep, "onlink", "3"))  # proto boot, like Go's netlink
+        neigh.add((vtep, mac, "permanent"))
+        fdb.add((mac, pub, "self", "permanent"))
+    return {"routes": routes, "neigh": neigh, "fdb": fdb}
+
+
+def converged(c: Cluster, nodes: list[Node] | None = None) -> bool:
+    ls = leases(c)
+    return all(kernel(n.ns) == expected(c, n, ls) for n in (nodes or c.nodes) if c.flanneld_process(n))
+
+
+def wait_converged(c: Cluster, timeout: float = 15, nodes: list[Node] | None = None) -> None:
+    wait_for(lambda: converged(c, nodes), timeout, "every node to match the leases")
+
+
+def etcd_py(c: Cluster, code: str) -> str:
+    """Run a snippet with an EtcdClient ``c`` inside the LAN namespace (etcd listens there)."""
+    script = (
+        "import asyncio, json\nfrom pyflannel.adapters.etcd import EtcdClient, _b64\n"
+        f"async def main():\n    async with EtcdClient(['{c.etcd_endpoint}']) as c:\n"
+        + "\n".join("        " + line for line in code.strip().splitlines())
+        + "\nasyncio.run(main())\n"
+    )
+    return c.exec(c.lan_ns, [sys.executable, "-c", script], timeout=60).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("etcd"):
+        pytest.skip("needs root, iproute2 and etcd (creates network namespaces)")
+    prefix = f"pfv{secrets.token_hex(2)}"
+    c = start_cluster(prefix, tmp_path_factory.mktemp("vx"))
+    try:
+        for n in c.nodes:
+            c.add_pods(n, 2)
+        yield c
+    finally:
+        c.down()
+        destroy_prefix(prefix)
+
+
+@pytest.fixture
+def fresh(netns_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def factory(nodes: int = 3, extra: tuple[str, ...] = ()) -> Cluster:
+        c = start_cluster(netns_prefix, tmp_path / "c", nodes, extra)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        c.down()
+
+
+def test_every_pod_pings_every_pod_on_other_nodes(cluster: Cluster) -> None:
+    failures = [
+        (a.name, b.name)
+        for a in cluster.pods
+        for b in cluster.pods
+        if a.node is not b.node and not cluster.ping(a, b.ip, count=2, timeout=2)
+    ]
+    assert failures == []
+
+
+def test_state_matches_reference(cluster: Cluster) -> None:
+    ls = leases(cluster)
+    assert len(ls) == 3
+    macs = {}
+    for key, value in ls.items():
+        m = LEASE_RE.match(value)
+        assert m, f"lease value not in flanneld's byte format: {value}"
+        macs[m.group(1)] = m.group(2)
+        assert re.fullmatch(r"/coreos\.com/network/subnets/100\.64\.\d+\.0-24", key)
+    for n in cluster.nodes:
+        sn = own_subnet(cluster, n)
+        assert n.subnet_file.read_text() == (
+            f"FLANNEL_NETWORK=100.64.0.0/16\nFLANNEL_SUBNET={sn.network_address + 1}/24\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        )
+        assert (n.subnet_file.stat().st_mode & 0o777) == 0o644
+        with IPRoute(netns=n.ns, flags=0) as ipr:
+            (link,) = ipr.link("get", ifname="flannel.1")
+            data = link.get("IFLA_LINKINFO").get("IFLA_INFO_DATA")
+            (eth0,) = ipr.link_lookup(ifname="eth0")
+            addrs = [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.addr("dump", family=2, index=link["index"])]
+        assert link.get("IFLA_LINKINFO").get("IFLA_INFO_KIND") == "vxlan"
+        assert data.get("IFLA_VXLAN_ID") == 1
+        assert data.get("IFLA_VXLAN_LOCAL") == n.lan_ip
+        assert data.get("IFLA_VXLAN_LINK") == eth0
+        assert data.get("IFLA_VXLAN_PORT") == 8472
+        assert data.get("IFLA_VXLAN_LEARNING") == 0
+        assert link.get("IFLA_MTU") == 1450
+        assert link.get("IFLA_ADDRESS") == macs[n.lan_ip]
+        assert int(link.get("IFLA_ADDRESS")[:2], 16) & 0x03 == 0x02  # locally administered unicast
+        assert addrs == [(str(sn.network_address), 32)]
+        assert kernel(n.ns) == expected(cluster, n, ls)
+        save = cluster.exec(n.ns, ["iptables-save"]).stdout
+        body = [line for line in save.splitlines() if "flanneld" in line]
+        assert body == [
+            '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+            '-A FLANNEL-FWD -s 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+            '-A FLANNEL-FWD -d 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+            '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+            '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
+            '-A FLANNEL-POSTRTG -s 100.64.0.0/16 -d 100.64.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
+            '-A FLANNEL-POSTRTG -s 100.64.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" '
+            "-j MASQUERADE --random-fully",
+            f'-A FLANNEL-POSTRTG ! -s 100.64.0.0/16 -d {sn} -m comment --comment "flanneld masq" -j RETURN',
+            '-A FLANNEL-POSTRTG ! -s 100.64.0.0/16 -d 100.64.0.0/16 -m comment --comment "flanneld masq" '
+            "-j MASQUERADE --random-fully",
+        ]
+        assert ":FORWARD ACCEPT" in save
+
+
+def _udp_source(cluster: Cluster, src_ns: str, dst_ns: str, dst_ip: str) -> str:
+    """Send one UDP datagram src->dst and return the source address the receiver saw."""
+    port = 40000 + secrets.randbelow(20000)
+    recv = (
+        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"s.bind(('0.0.0.0',{port}));s.settimeout(5);d,a=s.recvfrom(64);print(a[0])"
+    )
+    p = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", recv], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        time.sleep(0.3)
+        send = (
+            "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"for _ in range(5):\n    s.sendto(b'x',('{dst_ip}',{port}));time.sleep(0.1)"
+        )
+        cluster.exec(src_ns, [sys.executable, "-c", send])
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return out.strip()
+
+
+def test_pod_to_pod_is_not_natted_but_pod_to_lan_is(cluster: Cluster) -> None:
+    a, b = cluster.nodes[0].pods[0], cluster.nodes[2].pods[0]
+    assert _udp_source(cluster, a.ns, b.ns, b.ip) == a.ip
+    n3 = cluster.nodes[2]
+    assert _udp_source(cluster, a.ns, n3.ns, n3.lan_ip) == cluster.nodes[0].lan_ip
+
+
+def test_restart_keeps_subnet_and_mac_and_loses_no_packet(cluster: Cluster) -> None:
+    n1 = cluster.nodes[0]
+    src, dst = cluster.nodes[1].pods[0], n1.pods[0]
+    before_env = n1.subnet_file.read_text()
+    before_lease = leases(cluster)
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", src.ns, "ping", "-q", "-i", "0.01", "-c", "600", "-W", "1", dst.ip],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(0.5)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            rc = cluster.stop_flanneld(n1, sig)
+            assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+            cluster.start_flanneld(n1)
+            wait_for(lambda: "Running: lease" in n1.flanneld_log.read_text().split("CLI flags config")[-1], 15,
+                     "flanneld to be running again")
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m and m.group(1) == m.group(2) == "600", out
+    assert n1.subnet_file.read_text() == before_env
+    assert leases(cluster) == before_lease  # same subnet, same VtepMAC
+    wait_converged(cluster)
+
+
+def test_node_leaves_and_peers_drop_it(fresh: Callable[..., Cluster]) -> None:
+    c = fresh()
+    n1, n2, n3 = c.nodes
+    gone = own_subnet(c, n3)
+    c.stop_flanneld(n3)
+    c.etcdctl("del", f"/coreos.com/network/subnets/{gone.network_address}-24")
+    wait_converged(c, nodes=[n1, n2])
+    for n in (n1, n2):
+        assert str(gone) not in {r[0] for r in kernel(n.ns)["routes"]}
+        assert len(kernel(n.ns)["routes"]) == 1
+
+
+def test_peer_that_left_while_node_was_down_is_removed_at_start(fresh: Callable[..., Cluster]) -> None:
+    c = fresh()
+    n1, n2, n3 = c.nodes
+    gone = own_subnet(c, n3)
+    assert str(gone) in {r[0] for r in kernel(n1.ns)["routes"]}
+    c.stop_flanneld(n1)
+    c.stop_flanneld(n3)
+    c.etcdctl("del", f"/coreos.com/network/subnets/{gone.network_address}-24")
+    time.sleep(0.5)
+    assert str(gone) in {r[0] for r in kernel(n1.ns)["routes"]}  # nobody cleaned it while n1 was down
+    c.start_flanneld(n1)
+    wait_converged(c, nodes=[n1])
+    k = kernel(n1.ns)
+    assert {r[0] for r in k["routes"]} == {str(own_subnet(c, n2))}
+    assert len(k["neigh"]) == 1 and len(k["fdb"]) == 1
+
+
+def test_bursts_of_fifty_in_one_txn_and_fifty_deletes(fresh: Callable[..., Cluster]) -> None:
+    c = fresh()
+    taken = {own_subnet(c, n) for n in c.nodes}
+    free = [IPv4Network(f"100.64.{i}.0/24") for i in range(1, 256)]
+    synth = [s for s in free if s not in taken][:50]
+    puts = ",".join(
+        f'{{"request_put": {{"key": _b64("/coreos.com/network/subnets/{s.network_address}-24"), '
+        f'"value": _b64(\'{{"PublicIP":"198.18.1.{i + 1}","PublicIPv6":null,"BackendType":"vxlan",'
+        f'"BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:01:{i + 1:02x}"}}}}\'), "lease": str(lid)}}}}'
+        for i, s in enumerate(synth)
+    )
+    etcd_py(c, f"lid, _ = await c.lease_grant(3600)\nawait c.txn({{'compare': [], 'success': [{puts}], "
+               "'failure': []})")
+    wait_converged(c)
+    for n in c.nodes:
+        assert len(kernel(n.ns)["routes"]) == 52
+    keys = [f"/coreos.com/network/subnets/{s.network_address}-24" for s in synth]
+    etcd_py(c, f"for k in {keys!r}:\n    await c.delete(k)")
+    wait_converged(c)
+    for n in c.nodes:
+        assert len(kernel(n.ns)["routes"]) == 2
+
+
+def test_hand_deleted_entries_come_back(fresh: Callable[..., Cluster]) -> None:
+    c = fresh(nodes=2)
+    n1, n2 = c.nodes
+    peer = own_subnet(c, n2)
+    want = kernel(n1.ns)
+    with IPRoute(netns=n1.ns, flags=0) as ipr:
+        (i,) = ipr.link_lookup(ifname="flannel.1")
+        ipr.route("del", dst=str(peer), gateway=str(peer.network_address), oif=i)
+        (mac, dst, _, _) = next(iter(want["fdb"]))
+        ipr.fdb("del", ifindex=i, lladdr=mac, dst=dst)
+        ipr.neigh("del", dst=str(peer.network_address), lladdr=mac, ifindex=i)
+    assert kernel(n1.ns) == {"routes": set(), "neigh": set(), "fdb": set()}
+    t0 = time.monotonic()
+    wait_for(lambda: kernel(n1.ns) == want, 15, "the default 10 s resync to restore the entries")
+    assert time.monotonic() - t0 <= 12
