@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyflannel.core.errors import ConfigError
+from pyflannel.core.lease import loads_strict
 
 # Backends flanneld v0.20.2 knows by name. Only some are implemented here; the daemon says
 # which when it is asked for one it cannot run.
@@ -69,7 +70,8 @@ def _get_int(d: dict[str, Any], name: str) -> int:
     v = d.get(name.lower())
     if v is None:
         return 0
-    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
+    # Go will not decode 24.0 into an int field, so neither do we.
+    if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(f"config field {name}: expected an integer, got {json.dumps(v)}")
     if not 0 <= int(v) <= 0xFFFFFFFF:
         raise ConfigError(f"config field {name}: out of range, got {json.dumps(v)}")
@@ -139,7 +141,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     Raises ConfigError with a single-line message.
     """
     try:
-        raw = json.loads(text)
+        raw = loads_strict(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"config is not valid JSON: {e}") from None
     if not isinstance(raw, dict):
@@ -277,4 +279,4 @@ def _check_v6(
 def check_backend_type(config: NetworkConfig) -> None:
     """flanneld fails to start on a Backend.Type it does not know."""
     if config.backend_type not in KNOWN_BACKENDS:
-        raise ConfigError(f"unknown backend type: {config.backend_type!r}")
+        raise ConfigError(f"unknown backend type: {config.backend_type}")

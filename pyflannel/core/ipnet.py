@@ -16,7 +16,8 @@ from pyflannel.core.errors import LeaseFormatError
 
 # flanneld's regex, byte for byte, including its unescaped '.' between the 2nd and 3rd
 # octet: a key that Go accepts must not be rejected here.
-_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+# Go's \d is ASCII-only and its $ matches only at the very end (Python's also before a final "\n").
+_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?\Z", re.ASCII)
 
 
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
@@ -24,6 +25,9 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     m = _SUBNET_KEY_RE.search(key)
     if m is None:
         raise LeaseFormatError(f"bad subnet key {key!r}")
+    # Go parses the prefix with strconv.ParseUint(.., 5) / (.., 7): at most 31 / 127.
+    if int(m.group(2)) > 31 or (m.group(4) is not None and int(m.group(4)) > 127):
+        raise LeaseFormatError(f"bad subnet key {key!r}: prefix length out of range")
     try:
         sn4 = IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
         sn6 = None

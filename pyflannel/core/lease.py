@@ -24,9 +24,34 @@ MAX_LEASE_VALUE_BYTES = 64 * 1024
 
 
 def _compact(obj: Any) -> str:
-    # Go escapes <, > and & in strings; ensure_ascii=False keeps other text as Go does.
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    # Go's encoder escapes <, >, & and U+2028/U+2029 in strings and keeps other text as is.
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range")
+    return v
+
+
+def loads_strict(value: str | bytes) -> Any:
+    """json.loads as Go accepts it: no NaN/Infinity, no numbers beyond float64.
+
+    Deep nesting (RecursionError) is turned into ValueError so callers catch one type.
+    """
+    try:
+        return json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,7 @@ class LeaseAttrs:
         if self.backend_data is None:
             raise LeaseFormatError("vxlan lease has no BackendData")
         try:
-            d = json.loads(self.backend_data)
+            d = loads_strict(self.backend_data)
         except ValueError:
             raise LeaseFormatError("BackendData is not JSON") from None
         if not isinstance(d, dict):
@@ -95,7 +120,7 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
     if len(value) > MAX_LEASE_VALUE_BYTES:
         raise LeaseFormatError(f"lease value too large ({len(value)} bytes)")
     try:
-        raw = json.loads(value)
+        raw = loads_strict(value)
     except (ValueError, UnicodeDecodeError) as e:
         raise LeaseFormatError(f"lease value is not JSON: {e}") from None
     if not isinstance(raw, dict):
@@ -111,13 +136,14 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
     pub6 = d.get("publicipv6")
     public_ipv6 = None
     if pub6 is not None:
-        if not isinstance(pub6, str):
-            raise LeaseFormatError(f"PublicIPv6 is not a string: {pub6!r}")
+        if not isinstance(pub6, str) or "%" in pub6:
+            raise LeaseFormatError(f"bad PublicIPv6 {pub6!r}")
         try:
             public_ipv6 = IPv6Address(pub6)
         except ValueError:
             raise LeaseFormatError(f"bad PublicIPv6 {pub6!r}") from None
-    btype = d.get("backendtype") or ""
+    btype = d.get("backendtype")
+    btype = "" if btype is None else btype
     if not isinstance(btype, str):
         raise LeaseFormatError(f"BackendType is not a string: {btype!r}")
     bdata = d.get("backenddata")

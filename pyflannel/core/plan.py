@@ -60,8 +60,11 @@ def diff(desired: Iterable[Entry], actual: Iterable[Entry]) -> list[Op]:
     for ident, e in want.items():
         cur = have.get(ident, [])
         if cur != [e]:
-            # Extra copies under one identity (e.g. a route with another metric) are removed.
-            ops.extend(Op("delete", c) for c in cur if c != e and isinstance(c, Route) and len(cur) > 1)
+            # Extra copies under one identity (a route with another metric, a second FDB dst
+            # appended for one MAC) are removed. A single differing copy is only replaced:
+            # deleting it afterwards would remove the replacement (neighbours are keyed by IP).
+            if len(cur) > 1:
+                ops.extend(Op("delete", c) for c in cur if c != e)
             if e not in cur:
                 ops.append(Op("replace", e))
     for ident, cur in have.items():
