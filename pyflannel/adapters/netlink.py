@@ -6,10 +6,8 @@ be used inside the daemon's, so the daemon runs every call on one dedicated thre
 (``NetlinkThread``), which also serialises netlink access.
 
 Kernel quirks handled here:
-* FDB ``append`` silently keeps the old dst for a unicast MAC; ``replace`` updates it but
-  needs explicit ``state`` and ``flags`` or the kernel answers EOPNOTSUPP.
-* pyroute2 marks routes ``proto static`` by default; Go flanneld's are ``proto boot``.
-* A delete of something already gone (ENOENT/ESRCH) counts as success.
+* Per-peer routes, neighbours and FDB entries go through ``nlbulk`` (pipelined raw
+  rtnetlink): pyroute2's per-request cost makes 15 000 objects take about 5 s.
 * The VXLAN MAC is chosen before the link is created, so udev's MACAddressPolicy cannot
   rewrite it after the fact (flannel PR #1485).
 """
@@ -18,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
@@ -30,19 +27,14 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from pyflannel.adapters.nlbulk import BulkNetlink
 from pyflannel.core.errors import FlannelError
-from pyflannel.core.model import Fdb, LiveVxlanLink, Neigh, PeerState, Route, VxlanLink
-from pyflannel.core.plan import Op, describe
+from pyflannel.core.model import LiveVxlanLink, PeerState, VxlanLink
+from pyflannel.core.plan import Op
 
 log = logging.getLogger(__name__)
 
-NUD_PERMANENT = 0x80
-NUD_NOARP = 0x40
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 0x04
-RTPROT_BOOT = 3
 RT_TABLE_MAIN = 254
-AF_BRIDGE = 7
 
 T = TypeVar("T")
 
@@ -72,9 +64,12 @@ class Netlink:
 
     def __init__(self) -> None:
         self.ipr = IPRoute()
+        self._bulk: BulkNetlink | None = None
 
     def close(self) -> None:
         self.ipr.close()
+        if self._bulk is not None:
+            self._bulk.close()
 
     # --- facts ---------------------------------------------------------------------------
 
@@ -216,82 +211,25 @@ class Netlink:
 
     # --- peer state ----------------------------------------------------------------------
 
+    @property
+    def bulk(self) -> BulkNetlink:
+        if self._bulk is None:
+            self._bulk = BulkNetlink()
+        return self._bulk
+
     def observe(self, dev_index: int, dev: str, uplink_index: int, uplink: str, network: IPv4Network) -> PeerState:
         """The kernel entries pyflannel owns.
 
         Owned: every main-table route through the VXLAN device; routes through the uplink
         with a gateway and a destination inside the Network (DirectRouting); permanent
-        neighbours and ``self`` FDB entries with a dst on the VXLAN device.
+        neighbours and ``self`` FDB entries with a dst on the VXLAN device. Read through the
+        bulk socket: pyroute2 needs about 1 s for this at 5000 peers, the bulk parser 65 ms.
         """
-        routes = set()
-        for r in self.ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-            oif = r.get("RTA_OIF")
-            gw = r.get("RTA_GATEWAY")
-            dst = r.get("RTA_DST")
-            if not dst or not gw or r["type"] != 1:
-                continue
-            net = IPv4Network(f"{dst}/{r['dst_len']}")
-            if oif == dev_index:
-                routes.add(Route(net, IPv4Address(gw), dev, onlink=bool(r["flags"] & RTNH_F_ONLINK)))
-            elif oif == uplink_index and net.subnet_of(network):
-                routes.add(Route(net, IPv4Address(gw), uplink, onlink=bool(r["flags"] & RTNH_F_ONLINK)))
-        neighs = set()
-        for n in self.ipr.neigh("dump", family=socket.AF_INET, ifindex=dev_index):
-            if n["ifindex"] != dev_index or not n["state"] & NUD_PERMANENT:
-                continue
-            ip, mac = n.get("NDA_DST"), n.get("NDA_LLADDR")
-            if ip and mac:
-                neighs.add(Neigh(IPv4Address(ip), mac.lower(), dev))
-        fdbs = set()
-        for n in self.ipr.fdb("dump", ifindex=dev_index):
-            if n["ifindex"] != dev_index or not n["flags"] & NTF_SELF:
-                continue
-            dst, mac = n.get("NDA_DST"), n.get("NDA_LLADDR")
-            if dst and mac and ":" not in dst:
-                fdbs.add(Fdb(mac.lower(), IPv4Address(dst), dev))
-        return PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+        return self.bulk.observe(dev_index, dev, uplink_index, uplink, network)
 
-    def apply(self, ops: Iterable[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
-        """Apply ops in order; return the failures as (op, reason). Never raises for one op."""
-        failed = []
-        for op in ops:
-            try:
-                self._apply_one(op, indexes)
-            except NetlinkError as e:
-                if op.action == "delete" and e.code in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
-                    continue
-                failed.append((op, os.strerror(e.code)))
-            except (KeyError, OSError) as e:
-                failed.append((op, str(e)))
-        return failed
-
-    def _apply_one(self, op: Op, indexes: dict[str, int]) -> None:
-        e = op.entry
-        idx = indexes[e.dev]
-        if isinstance(e, Neigh):
-            if op.action == "replace":
-                self.ipr.neigh("replace", dst=str(e.ip), lladdr=e.mac, ifindex=idx, state=NUD_PERMANENT)
-            else:
-                self.ipr.neigh("del", dst=str(e.ip), lladdr=e.mac, ifindex=idx)
-        elif isinstance(e, Fdb):
-            if op.action == "replace":
-                self.ipr.fdb("replace", ifindex=idx, lladdr=e.mac, dst=str(e.dst), state=NUD_PERMANENT, flags=NTF_SELF)
-            else:
-                self.ipr.fdb("del", ifindex=idx, lladdr=e.mac, dst=str(e.dst), state=NUD_PERMANENT, flags=NTF_SELF)
-        else:
-            kw: dict[str, Any] = {
-                "dst": str(e.dst),
-                "gateway": str(e.via),
-                "oif": idx,
-                "table": RT_TABLE_MAIN,
-            }
-            if op.action == "replace":
-                kw["proto"] = RTPROT_BOOT
-                if e.onlink:
-                    kw["flags"] = RTNH_F_ONLINK
-                self.ipr.route("replace", **kw)
-            else:
-                self.ipr.route("del", **kw)
+    def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
+        """Apply ops in order, pipelined; return the failures as (op, reason). Never raises for one op."""
+        return self.bulk.apply(ops, indexes)
 
 
 class NetlinkThread:
@@ -318,6 +256,3 @@ class NetlinkThread:
         self._pool.submit(_close).result()
         self._pool.shutdown(wait=True)
 
-
-def describe_ops(ops: Sequence[Op]) -> list[str]:
-    return [f"{o.action} {describe(o.entry)}" for o in ops]
