@@ -178,7 +178,13 @@ class EtcdClient:
         self._timeout = timeout
         self._auth = _Auth(username, password or "") if username else None
         self._auth_lock = asyncio.Lock()
-        verify: ssl.SSLContext | bool = tls.context() if tls else True
+        # Building a default SSL context loads the CA bundle (~25 ms); only do it when an https
+        # endpoint may need it, and share one context between the two HTTP clients.
+        verify: ssl.SSLContext | bool = False
+        if tls is not None:
+            verify = tls.context()
+        elif any(e.startswith("https://") for e in eps):
+            verify = ssl.create_default_context()
         self._verify = verify
         self._client = self._make_client(httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         # Watches hold a connection open indefinitely: no read timeout, keepalive instead.

@@ -37,14 +37,19 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return p.stdout
 
 
-def supports_random_fully(binary: str = "iptables") -> bool:
-    """--random-fully needs iptables >= 1.6.2 (the kernel side exists since 3.14)."""
-    try:
-        out = _run([binary, "--version"])
-    except IptablesError:
-        return False
-    m = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
-    return bool(m) and tuple(int(x) for x in m.groups()) >= (1, 6, 2)  # type: ignore[union-attr]
+def supports_random_fully(save_output: str, binary: str = "iptables") -> bool:
+    """--random-fully needs iptables >= 1.6.2 (kernel >= 3.14).
+
+    The version is read from the iptables-save header when there is one; a host with no
+    rules at all prints no header, and then ``iptables --version`` is asked.
+    """
+    m = re.search(r"iptables-save v(\d+)\.(\d+)\.(\d+)", save_output)
+    if m is None:
+        try:
+            m = re.search(r"v(\d+)\.(\d+)\.(\d+)", _run([binary, "--version"]))
+        except IptablesError:
+            return False
+    return m is not None and tuple(int(x) for x in m.groups()) >= (1, 6, 2)
 
 
 @dataclass
@@ -57,14 +62,19 @@ class RuleManager:
     applied: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     resyncs: int = 0
 
-    def ensure(self, chains: list[ChainSpec], forward_policy_accept: bool = False) -> bool:
-        """Make the kernel hold exactly ``chains``. Returns True if anything was written."""
-        tables = sorted({c.table for c in chains})
-        saved = {t: _run([self.save, "-t", t]) for t in tables}
-        missing_jumps = {(c.table, c.chain) for c in chains if not has_jump(saved[c.table], c)}
-        drifted = [
-            c for c in chains if chain_lines(saved[c.table], c.table, c.chain) != self.applied.get((c.table, c.chain))
-        ]
+    def save_all(self) -> str:
+        """One ``iptables-save`` of every table (a few ms; cheaper than one call per table)."""
+        return _run([self.save])
+
+    def ensure(self, chains: list[ChainSpec], forward_policy_accept: bool = False, saved: str | None = None) -> bool:
+        """Make the kernel hold exactly ``chains``. Returns True if anything was written.
+
+        ``saved`` is a fresh iptables-save output, if the caller already has one.
+        """
+        if saved is None:
+            saved = self.save_all()
+        missing_jumps = {(c.table, c.chain) for c in chains if not has_jump(saved, c)}
+        drifted = [c for c in chains if chain_lines(saved, c.table, c.chain) != self.applied.get((c.table, c.chain))]
         wrote = False
         if missing_jumps or drifted:
             if self.applied:
@@ -73,13 +83,21 @@ class RuleManager:
                 self.resyncs += 1
             _run([self.restore, "-w", "5", "--noflush"], render_restore(chains, missing_jumps))
             wrote = True
-            for t in tables:
-                after = _run([self.save, "-t", t])
-                for c in chains:
-                    if c.table == t:
-                        self.applied[(t, c.chain)] = chain_lines(after, t, c.chain)
-        if forward_policy_accept and ":FORWARD DROP" in saved.get("filter", _run([self.save, "-t", "filter"])):
+            after = self.save_all()
+            for c in chains:
+                self.applied[(c.table, c.chain)] = chain_lines(after, c.table, c.chain)
+        if forward_policy_accept and ":FORWARD DROP" in _table(saved, "filter"):
             log.info("Changing default FORWARD chain policy to ACCEPT")
             _run([self.binary, "-w", "5", "-P", "FORWARD", "ACCEPT"])
             wrote = True
         return wrote
+
+
+def _table(save_output: str, table: str) -> str:
+    out, cur = [], None
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            cur = line[1:].strip()
+        if cur == table:
+            out.append(line)
+    return "\n".join(out)

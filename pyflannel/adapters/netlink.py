@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from pyflannel.adapters.lazy_pyroute2 import import_iproute
 from pyflannel.adapters.nlbulk import BulkNetlink
 from pyflannel.core.errors import FlannelError
 from pyflannel.core.model import LiveVxlanLink, PeerState, VxlanLink
 from pyflannel.core.plan import Op
+
+IPRoute, NetlinkError = import_iproute()
 
 log = logging.getLogger(__name__)
 

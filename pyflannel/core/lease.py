@@ -9,6 +9,7 @@ round trip byte-identical for leases written by other backends or versions.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -97,22 +98,28 @@ class LeaseAttrs:
         """Decode BackendData as vxlan data; raises LeaseFormatError if it is not."""
         if self.backend_data is None:
             raise LeaseFormatError("vxlan lease has no BackendData")
-        try:
-            d = loads_strict(self.backend_data)
-        except ValueError:
-            raise LeaseFormatError("BackendData is not JSON") from None
-        if not isinstance(d, dict):
-            raise LeaseFormatError("BackendData is not an object")
-        low = {k.lower(): v for k, v in d.items()}
-        mac = low.get("vtepmac")
-        if not isinstance(mac, str):
-            raise LeaseFormatError(f"BackendData.VtepMAC missing or not a string: {mac!r}")
-        vni = low.get("vni", 0)
-        if vni is None:
-            vni = 0
-        if isinstance(vni, bool) or not isinstance(vni, int):
-            raise LeaseFormatError(f"BackendData.VNI is not an integer: {vni!r}")
-        return VxlanData(vni=vni, vtep_mac=normalize_mac(mac))
+        return _vxlan_data(self.backend_data)
+
+
+# Every reconcile pass looks at every peer's BackendData; parse each distinct text once.
+@functools.lru_cache(maxsize=1 << 16)
+def _vxlan_data(backend_data: str) -> VxlanData:
+    try:
+        d = loads_strict(backend_data)
+    except ValueError:
+        raise LeaseFormatError("BackendData is not JSON") from None
+    if not isinstance(d, dict):
+        raise LeaseFormatError("BackendData is not an object")
+    low = {k.lower(): v for k, v in d.items()}
+    mac = low.get("vtepmac")
+    if not isinstance(mac, str):
+        raise LeaseFormatError(f"BackendData.VtepMAC missing or not a string: {mac!r}")
+    vni = low.get("vni", 0)
+    if vni is None:
+        vni = 0
+    if isinstance(vni, bool) or not isinstance(vni, int):
+        raise LeaseFormatError(f"BackendData.VNI is not an integer: {vni!r}")
+    return VxlanData(vni=vni, vtep_mac=normalize_mac(mac))
 
 
 def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:

@@ -97,6 +97,7 @@ def chain_lines(save_output: str, table: str, chain: str) -> list[str]:
 
 
 def has_jump(save_output: str, spec: ChainSpec) -> bool:
+    """Whether the built-in chain holds our jump (``save_output`` may hold several tables)."""
     return any(
         f"-j {spec.chain}" in line and spec.comment in line
         for line in chain_lines(save_output, spec.table, spec.parent)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -34,6 +35,7 @@ from pyflannel.core.rules import ChainSpec, forward_chain, masq_chain
 from pyflannel.core.subnet_env import SubnetEnv, parse_env_text, previous_subnets
 from pyflannel.daemon.iface import Uplink, select_uplink
 from pyflannel.daemon.lease_keeper import LeaseKeeper
+from pyflannel.daemon.metrics import DaemonMetrics, status_path
 from pyflannel.daemon.reconciler import Reconciler
 from pyflannel.daemon.watcher import LeaseWatcher
 
@@ -63,6 +65,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.exit_code = 0
         self.ready = Readiness()
+        # Reconcile-duration histogram and <subnet-file dir>/pyflannel-status.json (flannelctl status).
+        self.metrics = DaemonMetrics(status_path(opts.subnet_file))
         tls = None
         if opts.etcd_cafile or opts.etcd_certfile:
             tls = TLSConfig(opts.etcd_cafile or None, opts.etcd_certfile or None, opts.etcd_keyfile or None)
@@ -83,6 +87,7 @@ class Daemon:
         self._env_written: str | None = None
         self._rules_wake = asyncio.Event()
         self._random_fully = False
+        self._t_last = time.monotonic()
 
     # --- start-up steps ------------------------------------------------------------------
 
@@ -142,13 +147,16 @@ class Daemon:
             out.append(forward_chain(self.config.network))
         return out
 
-    async def ensure_rules(self) -> None:
+    def chains_wanted(self) -> bool:
+        return bool(self.opts.ip_masq or self.opts.iptables_forward_rules)
+
+    async def ensure_rules(self, saved: str | None = None) -> None:
         chains = self.chains()
         if not chains:
             self.ready.rules = True
             return
         try:
-            await asyncio.to_thread(self.rules.ensure, chains, self.opts.iptables_forward_rules)
+            await asyncio.to_thread(self.rules.ensure, chains, self.opts.iptables_forward_rules, saved)
             self.ready.rules = True
         except IptablesError as e:
             self.ready.rules = False
@@ -204,10 +212,13 @@ class Daemon:
         assert self.reconciler is not None
         self.ready.in_sync = self.reconciler.stats.in_sync
         self.write_subnet_env()
+        self.metrics.after_pass(self)
 
     async def start(self) -> None:
         opts = self.opts
+        self._step("start")
         self.config = await self.wait_for_config()
+        self._step("config")
         cfg = self.config
         if cfg.backend_type != vxlan.BACKEND_TYPE:
             raise Fatal(f"backend type {cfg.backend_type!r} is not supported by pyflannel yet (supported: vxlan)")
@@ -225,6 +236,7 @@ class Daemon:
                                  opts.iface_can_reach, opts.public_ip)
 
         uplink = await self.nl.run(pick)
+        self._step("interface")
         self.mtu = vxlan.mtu_for(uplink.link.mtu, vopts)
         link = VxlanLink(vopts.device, vopts.vni, uplink.iface_addr, uplink.link.index, vopts.port, vopts.gbp,
                          vopts.learning, (vopts.mtu - 50) if vopts.mtu else None)
@@ -236,16 +248,33 @@ class Daemon:
                                      lambda: self.watcher.leases if self.watcher else {},
                                      protected, self.after_pass)
         _, self._mac = await self.reconciler.ensure_device(None)
+        self._step("device")
         previous = self.read_previous()
         lease = await self.acquire(previous)
+        self._step("lease")
         self.ready.lease = True
         await self.nl.run(Netlink.ensure_address, self.reconciler.dev_index,
                           IPv4Interface(f"{lease.subnet.network_address}/32"))
-        self._random_fully = (not opts.ip_masq_fully_random_disable) and await asyncio.to_thread(
-            supports_random_fully)
-        await self.ensure_rules()
+        saved: str | None = None
+        if self.chains_wanted():
+            try:
+                saved = await asyncio.to_thread(self.rules.save_all)
+            except IptablesError as e:
+                log.error("Failed to read iptables rules: %s (retrying in %ds)", e, opts.iptables_resync)
+        self._random_fully = not opts.ip_masq_fully_random_disable and await asyncio.to_thread(
+            supports_random_fully, saved or "")
+        await self.ensure_rules(saved)
+        self._step("rules")
         self.write_subnet_env()
+        self._step("subnet file")
         self.watcher = LeaseWatcher(self.registry, self.on_leases_changed, self.on_config)
+        if self.keeper.snapshot is not None:
+            self.watcher.seed(*self.keeper.snapshot)
+
+    def _step(self, name: str) -> None:
+        now = time.monotonic()
+        log.debug("start-up step %s done after %.1f ms", name, (now - self._t_last) * 1000)
+        self._t_last = now
 
     def lease_attrs(self) -> LeaseAttrs:
         assert self.vopts is not None and self.keeper is not None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.adapters.etcd import EtcdError
-from pyflannel.adapters.registry import LEASE_TTL, SubnetRegistry
+from pyflannel.adapters.registry import LEASE_TTL, BadLease, SubnetRegistry
 from pyflannel.core.allocate import choose_subnet
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import FlannelError, OutOfSubnets
@@ -51,6 +51,8 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._lost = False
         self.reacquisitions = 0
+        # The last listing acquire() made; the watcher starts from it instead of listing again.
+        self.snapshot: tuple[list[Lease], list[BadLease], int] | None = None
 
     @property
     def key(self) -> str | None:
@@ -62,7 +64,8 @@ class LeaseKeeper:
         assert config.network is not None
         log.info("Picking subnet in range %s ... %s", config.subnet_min, config.subnet_max)
         for _ in range(MAX_ATTEMPTS):
-            leases, _bad, _rev = await self.registry.list_leases()
+            leases, bad, rev = await self.registry.list_leases()
+            self.snapshot = (leases, bad, rev)
             choice = choose_subnet(config, leases, self.public_ip, previous, self.rng, exclude)
             for stale in choice.stale:
                 log.info("Lease %s for current IP %s does not fit the config; deleting it", stale.subnet,

@@ -13,7 +13,6 @@ with the published VtepMAC if someone deleted it), its address, and subnet.env.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +72,7 @@ class Reconciler:
         self._rejected_seen: set[tuple[str, str]] = set()
         # Passes must not overlap: two concurrent observes would both plan the same ops.
         self._lock = asyncio.Lock()
+        self._need_full = True
 
     def trigger(self) -> None:
         self.wake.set()
@@ -104,27 +104,33 @@ class Reconciler:
         self.dev_index = live.index
         return live.index, live.mac
 
-    async def reconcile_once(self) -> list[tuple[Op, str]]:
+    async def reconcile_once(self, full: bool = True) -> list[tuple[Op, str]]:
+        """One pass. ``full`` also re-checks the device, its address and the on-link networks;
+        a pass woken by a lease event skips that (five netlink round trips) and diffs peers only.
+        """
         async with self._lock:
-            return await self._pass()
+            return await self._pass(full or self.dev_index == 0 or self._need_full)
 
-    async def _pass(self) -> list[tuple[Op, str]]:
+    async def _pass(self, full: bool) -> list[tuple[Op, str]]:
         started = time.monotonic()
         own = self.own_lease()
         if own is None:
             return []
-        want_mac = own.attrs.vxlan_data().vtep_mac
-        index, mac = await self.ensure_device(want_mac)
-        if mac != want_mac:
-            # Only possible if someone re-created the device by hand with another MAC.
-            log.warning("%s has MAC %s but the lease publishes %s", self.link.name, mac, want_mac)
-        changes = await self.nl.run(
-            Netlink.ensure_address, index, IPv4Interface(f"{own.subnet.network_address}/32")
-        )
-        for c in changes:
-            log.info("%s: %s", self.link.name, c)
-        if self.opts.direct_routing:
-            self.onlink_networks = await self.nl.run(Netlink.connected_networks, self.link.uplink_index)
+        if full:
+            want_mac = own.attrs.vxlan_data().vtep_mac
+            index, mac = await self.ensure_device(want_mac)
+            if mac != want_mac:
+                # Only possible if someone re-created the device by hand with another MAC.
+                log.warning("%s has MAC %s but the lease publishes %s", self.link.name, mac, want_mac)
+            changes = await self.nl.run(
+                Netlink.ensure_address, index, IPv4Interface(f"{own.subnet.network_address}/32")
+            )
+            for c in changes:
+                log.info("%s: %s", self.link.name, c)
+            if self.opts.direct_routing:
+                self.onlink_networks = await self.nl.run(Netlink.connected_networks, self.link.uplink_index)
+            self._need_full = False
+        index = self.dev_index
 
         peers, rejected = vxlan.select_peers(own, self.leases().values(), self.network, self.protected)
         for r in rejected:
@@ -152,6 +158,8 @@ class Reconciler:
         self.stats.installed_entries = len(desired.entries()) - len(failed)
         self.stats.netlink_errors += len(failed)
         self.stats.in_sync = not failed
+        if failed:
+            self._need_full = True  # e.g. ENODEV: the device may have gone
         if self.after_pass is not None:
             self.after_pass()
         return failed
@@ -174,13 +182,17 @@ class Reconciler:
 
     async def run(self, period: float) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            ticked = False
+            try:
                 await asyncio.wait_for(self.wake.wait(), period)
+            except TimeoutError:
+                ticked = True
             self.wake.clear()
             try:
-                retry = bool(await self.reconcile_once())
+                retry = bool(await self.reconcile_once(full=ticked))
             except Exception:  # a pass must never kill the loop; the next one retries
                 log.exception("reconcile pass failed")
+                self._need_full = True
                 retry = True
             if retry:
                 # Retry soon rather than after a full period.

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from pyflannel.adapters.etcd import Compacted, EtcdError
 from pyflannel.adapters.registry import BadLease, ConfigEvent, LeaseEvent, SubnetRegistry
+from pyflannel.core.errors import LeaseFormatError
+from pyflannel.core.ipnet import parse_subnet_key
 from pyflannel.core.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -71,20 +73,34 @@ class LeaseWatcher:
                 if self.on_config is not None:
                     self.on_config(ev.text)
                 continue
+            key = self.canonical(ev.key)
             if ev.lease is not None:
-                # A key written under a non-canonical name is stored under its own key.
-                prev = self.leases.get(ev.key)
-                self.leases[ev.key] = ev.lease
+                prev = self.leases.get(key)
+                self.leases[key] = ev.lease
                 self.bad.pop(ev.key, None)
                 if prev is None:
-                    log.debug("lease added: %s %s", ev.key, ev.lease.attrs.public_ip)
+                    log.debug("lease added: %s %s", key, ev.lease.attrs.public_ip)
             else:
-                self.leases.pop(ev.key, None)
+                self.leases.pop(key, None)
                 if ev.bad is not None:
                     self._note_bad(ev.bad)
                 else:
                     self.bad.pop(ev.key, None)
                     log.debug("lease removed: %s", ev.key)
+
+    def canonical(self, key: str) -> str:
+        """Leases are filed under the key flanneld would write for their subnet."""
+        try:
+            sn4, sn6 = parse_subnet_key(key.rsplit("/", 1)[-1])
+        except LeaseFormatError:
+            return key
+        return self.registry.lease_key(sn4, sn6)
+
+    def seed(self, leases: list[Lease], bad: list[BadLease], revision: int) -> None:
+        """Start from a listing made elsewhere (the lease acquisition) instead of listing again."""
+        self._replace(leases, bad)
+        self.revision = revision + 1
+        self.synced.set()
 
     async def resync(self) -> None:
         leases, bad, rev = await self.registry.list_leases()

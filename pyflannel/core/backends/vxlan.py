@@ -133,14 +133,20 @@ def select_peers(
             continue
         peers.append(Peer(le, data.vtep_mac))
     # Two leases overlapping each other cannot both be routed; keep the first by subnet order.
-    peers.sort(key=lambda p: (p.lease.subnet, p.lease.key_name))
+    # Sorted by network address, a subnet overlaps an earlier one exactly when it starts at or
+    # before the highest broadcast address kept so far: one pass, not a pairwise check.
+    peers.sort(key=lambda p: (int(p.lease.subnet.network_address), p.lease.subnet.prefixlen, p.lease.key_name))
     kept: list[Peer] = []
+    reach = -1
+    last: Peer | None = None
     for p in peers:
-        clash = next((k for k in kept if k.lease.subnet.overlaps(p.lease.subnet)), None)
-        if clash is not None:
-            rejected.append(Rejected(p.lease.key_name, f"subnet {p.lease.subnet} overlaps peer {clash.lease.subnet}"))
-        else:
-            kept.append(p)
+        sn = p.lease.subnet
+        if int(sn.network_address) <= reach and last is not None:
+            rejected.append(Rejected(p.lease.key_name, f"subnet {sn} overlaps peer {last.lease.subnet}"))
+            continue
+        kept.append(p)
+        if int(sn.broadcast_address) > reach:
+            reach, last = int(sn.broadcast_address), p
     return kept, rejected
 
 
