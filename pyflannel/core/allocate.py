@@ -57,8 +57,9 @@ def choose_subnet(
     leases = list(leases)
     stale: list[Lease] = []
     mine = [le for le in leases if le.attrs.public_ip == public_ip]
-    # A reservation for our IP wins over a dynamic lease; then the first lease that fits.
-    mine.sort(key=lambda le: not le.reserved)
+    # A reservation for our IP wins over a dynamic lease; then the lease we held before (a
+    # second lease claiming our IP may be an impostor or a leftover); then the first that fits.
+    mine.sort(key=lambda le: (not le.reserved, le.subnet != previous))
     for le in mine:
         if config.subnet_fits(le.subnet) or (le.reserved and le.subnet.subnet_of(config.network)):
             return Choice(le.subnet, le, f"found lease {le.subnet} for current IP {public_ip}, reusing")

@@ -384,3 +384,20 @@ def test_fill_network_until_out_of_subnets(seed: int, n_taken: int, subnet_len: 
     # A node that already holds a lease still gets it back when the network is full.
     back = choose_subnet(config, leases, leases[n_taken % total].attrs.public_ip, None, rng)
     assert back.existing == leases[n_taken % total]
+
+
+def test_previous_subnet_wins_among_leases_claiming_our_ip() -> None:
+    """Another key claiming our PublicIP must not make a restarting node move to its subnet."""
+    import random
+    from ipaddress import IPv4Address, IPv4Network
+
+    from pyflannel.core.allocate import choose_subnet
+    from pyflannel.core.config import parse_config
+    from pyflannel.core.lease import Lease, LeaseAttrs
+
+    cfg = parse_config('{"Network":"100.64.0.0/16","Backend":{"Type":"vxlan"}}')
+    ip = IPv4Address("198.18.0.11")
+    impostor = Lease(IPv4Network("100.64.3.0/24"), LeaseAttrs(ip), lease_id=7)
+    ours = Lease(IPv4Network("100.64.9.0/24"), LeaseAttrs(ip), lease_id=8)
+    choice = choose_subnet(cfg, [impostor, ours], ip, IPv4Network("100.64.9.0/24"), random.Random(1))
+    assert choice.subnet == IPv4Network("100.64.9.0/24") and choice.existing == ours
