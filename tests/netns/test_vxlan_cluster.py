@@ -7,7 +7,6 @@ bursts of lease changes and hand-made drift.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import signal
@@ -17,120 +16,27 @@ import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
 
-from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
+from pyflannel.testbed.checks import (
+    etcd_py,
+    expected,
+    kernel,
+    leases,
+    own_subnet,
+    start_cluster,
+    wait_converged,
+    wait_for,
+)
+from pyflannel.testbed.cluster import Cluster, destroy_prefix
 
 pytestmark = pytest.mark.root
-CONFIG = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'
 LEASE_RE = re.compile(
     r'^\{"PublicIP":"(198\.18\.0\.\d+)","PublicIPv6":null,"BackendType":"vxlan",'
     r'"BackendData":\{"VNI":1,"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}\}$'
 )
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def start_cluster(prefix: str, workdir: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> Cluster:
-    c = Cluster(prefix=prefix, nodes=nodes, workdir=workdir)
-    try:
-        c.up()
-        c.start_etcd()
-        c.put_config(CONFIG)
-        for n in c.nodes:
-            c.start_flanneld(n, extra)
-        for n in c.nodes:
-            c.wait_subnet_env(n)
-        wait_converged(c)
-    except BaseException:
-        c.down()
-        raise
-    return c
-
-
-def own_subnet(c: Cluster, node: Node) -> IPv4Network:
-    return IPv4Network(c.read_subnet_env(node)["FLANNEL_SUBNET"], strict=False)
-
-
-def kernel(node_ns: str) -> dict[str, set[tuple[str, ...]]]:
-    """Routes on flannel.1, its neighbours and FDB entries, read with pyroute2."""
-    with IPRoute(netns=node_ns, flags=0) as ipr:
-        idx = ipr.link_lookup(ifname="flannel.1")
-        if not idx:
-            return {"routes": set(), "neigh": set(), "fdb": set()}
-        i = idx[0]
-        routes = {
-            (f"{r.get('RTA_DST')}/{r['dst_len']}", r.get("RTA_GATEWAY"), "onlink" if r["flags"] & 4 else "",
-             str(r["proto"]))
-            for r in ipr.route("dump", family=2, table=254)
-            if r.get("RTA_OIF") == i
-        }
-        neigh = {
-            (n.get("NDA_DST"), n.get("NDA_LLADDR"), "permanent" if n["state"] & 0x80 else str(n["state"]))
-            for n in ipr.neigh("dump", family=2)
-            if n["ifindex"] == i
-        }
-        fdb = {
-            (n.get("NDA_LLADDR"), n.get("NDA_DST"), "self" if n["flags"] & 2 else "", "permanent"
-             if n["state"] & 0x80 else str(n["state"]))
-            for n in ipr.fdb("dump", ifindex=i)
-            if n["ifindex"] == i and n.get("NDA_DST")
-        }
-    return {"routes": routes, "neigh": neigh, "fdb": fdb}
-
-
-def leases(c: Cluster) -> dict[str, str]:
-    out = c.etcdctl("get", "--prefix", "/coreos.com/network/subnets/").stdout.splitlines()
-    return {out[i]: out[i + 1] for i in range(0, len(out) - 1, 2)}
-
-
-def expected(c: Cluster, node: Node, ls: dict[str, str] | None = None) -> dict[str, set[tuple[str, ...]]]:
-    """What reference-state.md section 3 says node should hold, from the leases in etcd."""
-    ls = leases(c) if ls is None else ls
-    mine = own_subnet(c, node)
-    routes, neigh, fdb = set(), set(), set()
-    for key, value in ls.items():
-        net = IPv4Network(key.rsplit("/", 1)[-1].replace("-", "/"))
-        if net == mine:
-            continue
-        d = json.loads(value)
-        mac, pub, vtep = d["BackendData"]["VtepMAC"], d["PublicIP"], str(net.network_address)
-        routes.add((str(net), vtep, "onlink", "3"))  # proto boot, like Go's netlink
-        neigh.add((vtep, mac, "permanent"))
-        fdb.add((mac, pub, "self", "permanent"))
-    return {"routes": routes, "neigh": neigh, "fdb": fdb}
-
-
-def converged(c: Cluster, nodes: list[Node] | None = None) -> bool:
-    ls = leases(c)
-    return all(kernel(n.ns) == expected(c, n, ls) for n in (nodes or c.nodes) if c.flanneld_process(n))
-
-
-def wait_converged(c: Cluster, timeout: float = 15, nodes: list[Node] | None = None) -> None:
-    wait_for(lambda: converged(c, nodes), timeout, "every node to match the leases")
-
-
-def etcd_py(c: Cluster, code: str) -> str:
-    """Run a snippet with an EtcdClient ``c`` inside the LAN namespace (etcd listens there)."""
-    script = (
-        "import asyncio, json\nfrom pyflannel.adapters.etcd import EtcdClient, _b64\n"
-        f"async def main():\n    async with EtcdClient(['{c.etcd_endpoint}']) as c:\n"
-        + "\n".join("        " + line for line in code.strip().splitlines())
-        + "\nasyncio.run(main())\n"
-    )
-    return c.exec(c.lan_ns, [sys.executable, "-c", script], timeout=60).stdout
 
 
 @pytest.fixture(scope="module")
