@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pyflannel.testbed.checks import synthetic_leases
 from pyflannel.testbed.cluster import Cluster, Node
+
+__all__ = ["synthetic_leases"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLANNELD = str(Path(sys.executable).parent / "flanneld")
@@ -46,29 +49,6 @@ def in_lan(c: Cluster, code: str, timeout: float = 600) -> str:
         + "\nasyncio.run(main())\n"
     )
     return c.exec(c.lan_ns, [sys.executable, "-c", script], timeout=timeout).stdout
-
-
-def synthetic_leases(c: Cluster, subnets: Sequence[str], first_public: int = 0, concurrency: int = 64) -> None:
-    """Peer leases as Go flanneld writes them, each on its own 1 h etcd lease.
-
-    PublicIPs come from 198.19.0.0/16 (inside the test range; nothing is ever sent to them).
-    ``subnets`` are "a.b.c.d-len" key names.
-    """
-    code = f"""
-subnets = {list(subnets)!r}
-sem = asyncio.Semaphore({concurrency})
-async def one(i, s):
-    async with sem:
-        n = {first_public} + i
-        ip = f"198.19.{{n // 250}}.{{n % 250 + 1}}"
-        mac = "0e:00:%02x:%02x:%02x:%02x" % ((n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255)
-        lid, _ = await c.lease_grant(3600)
-        value = json.dumps({{"PublicIP": ip, "PublicIPv6": None, "BackendType": "vxlan",
-                            "BackendData": {{"VNI": 1, "VtepMAC": mac}}}}, separators=(",", ":"))
-        await c.put("/coreos.com/network/subnets/" + s, value, lid)
-await asyncio.gather(*(one(i, s) for i, s in enumerate(subnets)))
-"""
-    in_lan(c, code)
 
 
 COUNT_SCRIPT = """

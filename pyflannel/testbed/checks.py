@@ -119,7 +119,8 @@ def wait_converged(c: Cluster, timeout: float = 15, nodes: list[Node] | None = N
     wait_for(lambda: converged(c, nodes), timeout, "every node to match the leases")
 
 
-def etcd_py(c: Cluster, code: str, ns: str | None = None, endpoints: list[str] | None = None) -> str:
+def etcd_py(c: Cluster, code: str, ns: str | None = None, endpoints: list[str] | None = None,
+            timeout: float = 120) -> str:
     """Run an async snippet with an EtcdClient ``c`` (default: inside the LAN namespace, where etcd is)."""
     eps = endpoints or [c.etcd_endpoint]
     script = (
@@ -128,7 +129,7 @@ def etcd_py(c: Cluster, code: str, ns: str | None = None, endpoints: list[str] |
         + "\n".join("        " + line for line in code.strip().splitlines())
         + "\nasyncio.run(main())\n"
     )
-    return c.exec(ns or c.lan_ns, [sys.executable, "-c", script], timeout=120).stdout
+    return c.exec(ns or c.lan_ns, [sys.executable, "-c", script], timeout=timeout).stdout
 
 
 def vxlan_lease(public_ip: str, mac: str) -> str:
@@ -174,3 +175,26 @@ class Pinger:
         if not m:
             raise AssertionError(f"ping printed no summary: {out[-300:]}")
         return int(m.group(1)), int(m.group(2))
+
+
+def synthetic_leases(c: Cluster, subnets: list[str], first_public: int = 0, concurrency: int = 64) -> None:
+    """Peer leases as Go flanneld writes them, each on its own 1 h etcd lease.
+
+    ``subnets`` are key names ("a.b.c.d-len"). PublicIPs come from 198.19.0.0/16: inside the
+    test range, and nothing is ever sent to them.
+    """
+    code = f"""
+subnets = {list(subnets)!r}
+sem = asyncio.Semaphore({concurrency})
+async def one(i, s):
+    async with sem:
+        n = {first_public} + i
+        ip = f"198.19.{{n // 250}}.{{n % 250 + 1}}"
+        mac = "0e:00:%02x:%02x:%02x:%02x" % ((n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255)
+        lid, _ = await c.lease_grant(3600)
+        value = json.dumps({{"PublicIP": ip, "PublicIPv6": None, "BackendType": "vxlan",
+                            "BackendData": {{"VNI": 1, "VtepMAC": mac}}}}, separators=(",", ":"))
+        await c.put("/coreos.com/network/subnets/" + s, value, lid)
+await asyncio.gather(*(one(i, s) for i, s in enumerate(subnets)))
+"""
+    etcd_py(c, code, timeout=600)
