@@ -194,10 +194,19 @@ def decode_json(data: bytes | str, what: str) -> Any:
         raise CNIError(ERR_DECODE, f"failed to load {what}: {exc}") from None
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to one short line: a config value can be megabytes long or deeply nested."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def _check_path(netconf: Mapping[str, Any], key: str) -> None:
     value = netconf[key]
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise CNIError(ERR_INVALID_NETCONF, f"{key} must be an absolute path, not {value!r}")
+        raise CNIError(ERR_INVALID_NETCONF, f"{key} must be an absolute path, not {_short(value)}")
 
 
 def parse_netconf(data: bytes | str) -> dict[str, Any]:
@@ -214,10 +223,10 @@ def parse_netconf(data: bytes | str) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise CNIError(ERR_INVALID_NETCONF, "missing network name")
     if not _valid_name(name):
-        raise CNIError(ERR_INVALID_NETCONF, "invalid characters found in network name", name)
+        raise CNIError(ERR_INVALID_NETCONF, "invalid characters found in network name", name[:80])
     version = conf.get("cniVersion", "")
     if not isinstance(version, str):
-        raise CNIError(ERR_DECODE, f"failed to load netconf: cniVersion must be a string, not {version!r}")
+        raise CNIError(ERR_DECODE, f"failed to load netconf: cniVersion must be a string, not {_short(version)}")
     out = dict(conf)
     out.setdefault("subnetFile", DEFAULT_SUBNET_FILE)
     out.setdefault("dataDir", DEFAULT_DATA_DIR)
@@ -240,7 +249,7 @@ def check_version(netconf: Mapping[str, Any], command: str) -> str:
     if version not in SUPPORTED_VERSIONS:
         supported = " ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
         raise CNIError(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       f'config is "{version}", plugin supports [{supported}]')
+                       f'config is "{version[:40]}", plugin supports [{supported}]')
     if command == "CHECK" and version not in CHECK_VERSIONS:
         raise CNIError(ERR_INCOMPATIBLE_VERSION, "config version does not allow CHECK",
                        f'config is "{version}"; CHECK needs 0.4.0 or later')
@@ -433,7 +442,7 @@ def check_delegate_section(netconf: Mapping[str, Any]) -> dict[str, Any]:
         raise CNIError(ERR_INVALID_NETCONF, "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel")
     kind = user.get("type", DEFAULT_DELEGATE_TYPE)
     if kind in (".", "..") or "/" in kind or "\0" in kind:
-        raise CNIError(ERR_INVALID_NETCONF, f"delegate type must be a plugin name, not {kind!r}")
+        raise CNIError(ERR_INVALID_NETCONF, f"delegate type must be a plugin name, not {_short(kind)}")
     ipam = netconf.get("ipam") or {}
     if "type" in ipam and (not isinstance(ipam["type"], str) or not ipam["type"]):
         raise CNIError(ERR_INVALID_NETCONF, "ipam.type must be a non-empty string")
@@ -448,7 +457,7 @@ def stale_reason(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | 
     (flanneld got a different subnet after losing its lease, or the network config changed).
     """
     if saved.get("type") != current.get("type"):
-        return f"delegate type changed from {saved.get('type')!r} to {current.get('type')!r}"
+        return f"delegate type changed from {_short(saved.get('type'))} to {_short(current.get('type'))}"
     s_ipam, c_ipam = saved.get("ipam"), current.get("ipam")
     s_ranges = s_ipam.get("ranges") if isinstance(s_ipam, dict) else None
     c_ranges = c_ipam.get("ranges") if isinstance(c_ipam, dict) else None
