@@ -1,0 +1,372 @@
+"""``flannelctl doctor``: one line per check, each with a fix hint; exit 1 if any check fails.
+
+Levels: ``ok``; ``warn`` for what breaks only some setups (strict rp_filter, no
+br_netfilter without Kubernetes services, tx checksum offload on an old kernel); ``fail`` for
+what breaks pod traffic on this node or to it; ``skip`` when a check cannot run (no etcd, not
+root). Every check is a pure function of ``NodeFacts``, so each is unit-tested with made-up
+facts, and the netns tests break real nodes the same ways.
+
+The VXLAN checksum check is flannel issue #1279: with NAT in the path on kernels before 5.7
+(netfilter fix ea64d8d6c675) the kernel corrupts the UDP checksum of VXLAN packets, the
+receiver logs ``UDP: bad checksum`` and drops them (about 63 s stalls for Kubernetes services).
+flannel never changes it; the usual workaround is ``ethtool -K flannel.1
+tx-checksum-ip-generic off``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from pyflannel.core.rules import FWD_CHAIN, MASQ_CHAIN, chain_lines, forward_chain, has_jump, masq_chain, quote
+from pyflannel.ctl import status
+from pyflannel.ctl.node import NodeFacts
+
+Level = Literal["ok", "warn", "fail", "skip"]
+CHECKSUM_FIXED = (5, 7)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    detail: str
+    hint: str = ""
+
+
+def _sysctl_hint(name: str, value: str) -> str:
+    return f"sysctl -w {name}={value} (and persist it in /etc/sysctl.d/)"
+
+
+def check_config(f: NodeFacts, opts: Any) -> Check:
+    if f.etcd_error and f.config is None:
+        return Check("config", "skip", f"etcd: {f.etcd_error}")
+    if f.config is None:
+        return Check("config", "fail", f.config_error or "no network config",
+                     "flannelctl config set '{\"Network\": \"<cidr>\", \"Backend\": {\"Type\": \"vxlan\"}}'")
+    if f.config.backend_type != "vxlan":
+        return Check("config", "warn", f"backend {f.config.backend_type!r}: pyflannel nodes run only vxlan",
+                     "flannelctl config set with \"Backend\": {\"Type\": \"vxlan\"}")
+    return Check("config", "ok", f"Network {f.config.network}, SubnetLen {f.config.subnet_len}, backend vxlan")
+
+
+def check_ip_forward(f: NodeFacts, opts: Any) -> Check:
+    v = f.sysctls.get("net.ipv4.ip_forward")
+    if v is None:
+        return Check("ip_forward", "skip", "net.ipv4.ip_forward is not readable")
+    if v != "1":
+        return Check("ip_forward", "fail", f"net.ipv4.ip_forward = {v}: the node does not route pod traffic",
+                     _sysctl_hint("net.ipv4.ip_forward", "1"))
+    return Check("ip_forward", "ok", "net.ipv4.ip_forward = 1")
+
+
+def check_br_netfilter(f: NodeFacts, opts: Any) -> Check:
+    v = f.sysctls.get("net.bridge.bridge-nf-call-iptables")
+    if v is None:
+        return Check("br_netfilter", "warn", "br_netfilter is not loaded: bridged pod traffic bypasses iptables "
+                     "(Kubernetes services break)", "modprobe br_netfilter; echo br_netfilter > "
+                     "/etc/modules-load.d/br_netfilter.conf")
+    if v != "1":
+        return Check("br_netfilter", "warn", f"net.bridge.bridge-nf-call-iptables = {v}: bridged pod traffic "
+                     "bypasses iptables", _sysctl_hint("net.bridge.bridge-nf-call-iptables", "1"))
+    return Check("br_netfilter", "ok", "br_netfilter loaded, bridge-nf-call-iptables = 1")
+
+
+def check_rp_filter(f: NodeFacts, opts: Any) -> Check:
+    all_v = f.sysctls.get("net.ipv4.conf.all.rp_filter")
+    strict = []
+    seen = []
+    for dev in (f.device.name if f.device else None, f.uplink.name if f.uplink else None):
+        if not dev:
+            continue
+        v = f.sysctls.get(f"net.ipv4.conf.{dev}.rp_filter")
+        if v is None or all_v is None:
+            continue
+        eff = max(int(v), int(all_v))  # the kernel uses the larger of "all" and the device's value
+        seen.append(f"{dev}={eff}")
+        if eff == 1:
+            strict.append(dev)
+    if not seen:
+        return Check("rp_filter", "skip", "no flannel device or uplink to check")
+    if strict:
+        return Check("rp_filter", "warn", f"strict reverse-path filtering on {', '.join(strict)} drops pod traffic "
+                     "that returns on another interface (DirectRouting, multiple NICs)",
+                     "; ".join(_sysctl_hint(f"net.ipv4.conf.{d}.rp_filter", "2") for d in strict))
+    return Check("rp_filter", "ok", "rp_filter " + ", ".join(seen) + " (0 off, 2 loose)")
+
+
+def check_mtu(f: NodeFacts, opts: Any) -> Check:
+    m = status.mtu_report(f)
+    if m["device_mtu"] is None or m["subnet_env_mtu"] is None:
+        return Check("mtu", "skip", "need both the VXLAN device and FLANNEL_MTU in the subnet file")
+    if not m["consistent"]:
+        fix = f"ip link set {m['device']} mtu {m['expected']}" if m["expected"] else "restart flanneld"
+        return Check("mtu", "fail", "; ".join(m["problems"]),
+                     f"{fix}, then restart the containers so their veths get FLANNEL_MTU")
+    return Check("mtu", "ok", f"uplink {m['uplink']} {m['uplink_mtu']}, {m['device']} {m['device_mtu']}, "
+                 f"subnet.env {m['subnet_env_mtu']}")
+
+
+def check_device(f: NodeFacts, opts: Any) -> Check:
+    d = f.device
+    if f.kernel_error:
+        return Check("vxlan_device", "skip", f.kernel_error)
+    if d is None:
+        return Check("vxlan_device", "fail", f"{f.device_name} does not exist", "start flanneld (it creates the "
+                     "device), and check its log")
+    problems = []
+    if not d.up:
+        problems.append("is down")
+    sub = f.own_subnet
+    if sub is not None and f"{sub.network_address}/32" not in d.addresses:
+        problems.append(f"lacks address {sub.network_address}/32 (has {', '.join(d.addresses) or 'none'})")
+    if f.own is not None:
+        try:
+            mac = f.own.attrs.vxlan_data().vtep_mac
+        except ValueError:
+            mac = None
+        if mac and mac != d.mac.lower():
+            problems.append(f"has MAC {d.mac} but the lease publishes VtepMAC {mac}")
+    if problems:
+        return Check("vxlan_device", "fail", f"{d.name} " + ", ".join(problems),
+                     "flanneld repairs the device on its next pass; if it does not, restart flanneld")
+    return Check("vxlan_device", "ok", f"{d.name} up, VNI {d.vni}, local {d.local}, port {d.port or 8472}, "
+                 f"MAC {d.mac}")
+
+
+def check_lease(f: NodeFacts, opts: Any) -> Check:
+    if f.etcd_error:
+        return Check("lease", "skip", f"etcd: {f.etcd_error}")
+    if f.own is None:
+        where = f"{f.own_subnet} (from {f.subnet_file})" if f.own_subnet else f"no {f.subnet_file}"
+        return Check("lease", "fail", f"no lease in etcd for this node: {where}",
+                     "start flanneld; it acquires a lease and writes the subnet file")
+    if f.own.reserved:
+        return Check("lease", "ok", f"{f.own.subnet} reserved for {f.own.attrs.public_ip} (no TTL)")
+    if f.own_ttl is None or f.own_ttl < 0:
+        return Check("lease", "fail", f"the etcd lease behind {f.own.subnet} is gone",
+                     "flanneld re-acquires it; if it is not running, start it")
+    margin = 60 * int(getattr(opts, "subnet_lease_renew_margin", 60))
+    if f.own_ttl < margin:
+        return Check("lease", "warn", f"{f.own.subnet} expires in {f.own_ttl}s, inside the renew margin",
+                     "flanneld should have renewed it: is it running and can it reach etcd?")
+    return Check("lease", "ok", f"{f.own.subnet} for {f.own.attrs.public_ip}, expires in {f.own_ttl}s")
+
+
+def check_peers_kernel(f: NodeFacts, opts: Any) -> Check:
+    if f.desired is None or f.actual is None:
+        return Check("kernel_peers", "skip", "needs the lease, the config and the VXLAN device")
+    d = status.drift(f)
+    if d:
+        more = f" (+{len(d) - 3} more)" if len(d) > 3 else ""
+        return Check("kernel_peers", "fail", f"{len(d)} kernel entries differ from etcd: " + "; ".join(d[:3]) + more,
+                     "flanneld fixes drift within -resync-period; if it persists, look for netlink errors in its log")
+    return Check("kernel_peers", "ok", f"{len(f.peers)} peers, every route, neighbour and FDB entry in place")
+
+
+def check_peers_reachable(f: NodeFacts, opts: Any) -> Check:
+    if not f.peers:
+        return Check("peer_reachability", "skip" if f.own is None else "ok", "no peers")
+    up = f.uplink
+    port = (f.device.port if f.device and f.device.port else 8472)
+    bad = []
+    for p in f.peers:
+        ip = str(p.lease.attrs.public_ip)
+        oif, dev = f.peer_routes.get(ip, (None, None))
+        if oif is None:
+            bad.append(f"no route to {ip}")
+        elif up is not None and oif != up.index:
+            bad.append(f"route to {ip} leaves via {dev}, not the VXLAN underlay {up.name}")
+    if bad:
+        return Check("peer_reachability", "fail", "; ".join(bad),
+                     f"add a route to the peers' PublicIPs via {up.name if up else 'the uplink'}, or start flanneld "
+                     "with -iface set to the interface that reaches them")
+    if f.udp_ports and port not in f.udp_ports:
+        return Check("peer_reachability", "fail", f"no local UDP socket on the VXLAN port {port}",
+                     "recreate the VXLAN device (restart flanneld)")
+    return Check("peer_reachability", "ok", f"routes to all {len(f.peers)} peer PublicIPs via "
+                 f"{up.name if up else '?'}, UDP {port} open locally (peers' firewalls not probed)")
+
+
+def check_duplicate_ips(f: NodeFacts, opts: Any) -> Check:
+    if f.etcd_error:
+        return Check("duplicate_public_ip", "skip", f"etcd: {f.etcd_error}")
+    by_ip: dict[str, list[str]] = defaultdict(list)
+    for le in f.leases:
+        by_ip[str(le.attrs.public_ip)].append(str(le.subnet))
+    dups = {ip: subs for ip, subs in by_ip.items() if len(subs) > 1}
+    if dups:
+        text = "; ".join(f"{ip} holds {', '.join(sorted(s))}" for ip, s in sorted(dups.items()))
+        return Check("duplicate_public_ip", "fail", text, "give each node its own -public-ip (NAT'd hosts such as "
+                     "Vagrant's 10.0.2.15 need -iface/-public-ip), then delete the stale key with "
+                     "ETCDCTL_API=3 etcdctl del <key>")
+    return Check("duplicate_public_ip", "ok", f"{len(by_ip)} leases, every PublicIP distinct")
+
+
+def _owned_route(f: NodeFacts, r: Any) -> bool:
+    if f.device is not None and r.oif == f.device.index:
+        return True
+    own = f.own_subnet
+    if own is not None and r.dst == own:  # the pod bridge's own subnet (docker0/cni0)
+        return True
+    return any(r.dst == le.subnet and r.gateway == le.attrs.public_ip for le in f.leases)  # DirectRouting
+
+
+def check_network_overlap(f: NodeFacts, opts: Any) -> Check:
+    net = f.config.network if f.config else None
+    if net is None:
+        return Check("network_overlap", "skip", "no valid network config")
+    clash = [r.text for r in f.routes if r.dst.prefixlen > 0 and r.dst.overlaps(net) and not _owned_route(f, r)]
+    own = f.own_subnet
+    for lk in f.links:
+        for a in lk.addrs:
+            if a.ip in net and (own is None or a.ip not in own) and (f.device is None or lk.index != f.device.index):
+                clash.append(f"address {a} on {lk.name}")
+    if clash:
+        return Check("network_overlap", "fail", f"the Network {net} overlaps host networks: " + "; ".join(clash[:5]),
+                     "choose a Network that no host route or address uses (flannelctl config set), or remove "
+                     "the conflicting route")
+    return Check("network_overlap", "ok", f"no host route or address overlaps the Network {net}")
+
+
+def _missing_rules(save: str, spec: Any) -> list[str]:
+    have = chain_lines(save, spec.table, spec.chain)
+    missing = []
+    for rule in spec.rules:
+        line = " ".join(["-A", spec.chain, *map(quote, rule)])
+        alt = line.replace(" --random-fully", "") if "--random-fully" in line else line + " --random-fully"
+        if line not in have and not (rule[-1] in ("MASQUERADE", "--random-fully") and alt in have):
+            missing.append(line)
+    if not has_jump(save, spec):
+        missing.insert(0, f"-A {spec.parent} ... -j {spec.chain}")
+    return missing
+
+
+def check_forward(f: NodeFacts, opts: Any) -> Check:
+    if f.iptables_error or "filter" not in f.iptables:
+        return Check("forward_rules", "skip", f.iptables_error or "iptables-save not available")
+    net = f.config.network if f.config else None
+    if net is None:
+        return Check("forward_rules", "skip", "no valid network config")
+    save = f.iptables["filter"]
+    policy = re.search(r"^:FORWARD (\w+)", save, re.M)
+    pol = policy.group(1) if policy else "?"
+    want = bool(getattr(opts, "iptables_forward_rules", True))
+    missing = _missing_rules(save, forward_chain(net)) if want else []
+    if missing:
+        return Check("forward_rules", "fail",
+                     f"FORWARD policy {pol}; {FWD_CHAIN} is incomplete ({len(missing)} missing): {missing[0]}",
+                     "flanneld re-creates them within -iptables-resync seconds; if not, check its log for iptables "
+                     "errors and restart it")
+    if pol == "DROP" and not want:
+        return Check("forward_rules", "fail", "FORWARD policy DROP and flanneld runs with "
+                     "-iptables-forward-rules=false: pod traffic between nodes is dropped",
+                     f"iptables -A FORWARD -s {net} -j ACCEPT; iptables -A FORWARD -d {net} -j ACCEPT, or run "
+                     "flanneld with -iptables-forward-rules=true")
+    return Check("forward_rules", "ok", f"FORWARD policy {pol}" + (f", {FWD_CHAIN} accepts {net}" if want else ""))
+
+
+def check_masquerade(f: NodeFacts, opts: Any) -> Check:
+    env = f.env or {}
+    if env.get("FLANNEL_IPMASQ") != "true":
+        return Check("masquerade", "ok" if env else "skip", "not expected (FLANNEL_IPMASQ is not true)")
+    if f.iptables_error or "nat" not in f.iptables:
+        return Check("masquerade", "skip", f.iptables_error or "iptables-save not available")
+    net = f.config.network if f.config else None
+    own = f.own_subnet
+    if net is None or own is None:
+        return Check("masquerade", "skip", "needs the network config and this node's subnet")
+    missing = _missing_rules(f.iptables["nat"], masq_chain(net, own, random_fully=True))
+    if missing:
+        return Check("masquerade", "fail", f"{MASQ_CHAIN} is incomplete ({len(missing)} missing): {missing[0]}",
+                     "flanneld re-creates them within -iptables-resync seconds; if not, check its log for "
+                     "iptables errors and restart it")
+    return Check("masquerade", "ok", f"{MASQ_CHAIN} in place for {net} (own subnet {own})")
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def check_tx_checksum(f: NodeFacts, opts: Any) -> Check:
+    dev = f.device_name
+    hint = f"ethtool -K {dev} tx-checksum-ip-generic off (flannel #1279; a udev rule keeps it across restarts)"
+    if f.device is None:
+        return Check("tx_checksum", "skip", f"{dev} does not exist")
+    if f.tx_checksum is None:
+        return Check("tx_checksum", "skip", f.tx_checksum_error or "not readable", hint)
+    if not f.tx_checksum:
+        return Check("tx_checksum", "ok", f"tx checksum offload off on {dev}")
+    if _kernel_version(f.kernel_release) < CHECKSUM_FIXED:
+        return Check("tx_checksum", "warn", f"tx checksum offload on {dev} with kernel {f.kernel_release} (< 5.7): "
+                     "NAT'd VXLAN packets may get bad UDP checksums ('UDP: bad checksum' in dmesg)", hint)
+    return Check("tx_checksum", "ok", f"tx checksum offload on {dev}; kernel {f.kernel_release} has the netfilter "
+                 "fix (if dmesg still shows 'UDP: bad checksum' on port 8472, turn it off)", hint)
+
+
+def check_etcd(f: NodeFacts, opts: Any) -> Check:
+    if not f.endpoints:
+        return Check("etcd", "skip", "no endpoints")
+    down = [e for e in f.endpoints if not e.ok]
+    if len(down) == len(f.endpoints):
+        return Check("etcd", "fail", "no etcd endpoint answers: " + "; ".join(f"{e.endpoint}: {e.error}" for e in down),
+                     "check -etcd-endpoints, TLS files and credentials, and that etcd runs")
+    if down:
+        return Check("etcd", "warn", f"{len(down)} of {len(f.endpoints)} endpoints down: "
+                     + ", ".join(e.endpoint for e in down), "fix or remove the dead endpoints in -etcd-endpoints")
+    return Check("etcd", "ok", f"{len(f.endpoints)} endpoint(s) healthy")
+
+
+def check_daemon(f: NodeFacts, opts: Any) -> Check:
+    d = status.daemon_report(f)
+    if d["status_error"]:
+        return Check("flanneld", "warn", f"no status file: {d['status_error']}",
+                     "start pyflannel's flanneld with the same -subnet-file (Go flanneld writes no status file)")
+    if d["running"] is False:
+        return Check("flanneld", "fail", f"flanneld (pid {d['pid']}) is not running", "systemctl start flanneld")
+    period = float(getattr(opts, "resync_period", 10) or 10)
+    age = d["last_sync_age"]
+    if age is not None and age > 3 * period + 5:
+        return Check("flanneld", "warn", f"last sync {age:.0f}s ago (resync period {period:.0f}s)",
+                     "flanneld may be stuck: check its log")
+    if not d["ready"]:
+        return Check("flanneld", "fail", "not ready: " + "; ".join(d["not_ready"]), "see flanneld's log")
+    return Check("flanneld", "ok", f"pid {d['pid']}, last sync {age:.0f}s ago, ready" if age is not None
+                 else f"pid {d['pid']}, ready")
+
+
+CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
+    check_config, check_ip_forward, check_br_netfilter, check_rp_filter, check_mtu, check_device, check_lease,
+    check_peers_kernel, check_peers_reachable, check_duplicate_ips, check_network_overlap, check_forward,
+    check_masquerade, check_tx_checksum, check_etcd, check_daemon,
+)
+
+
+def run_checks(f: NodeFacts, opts: Any) -> list[Check]:
+    return [c(f, opts) for c in CHECKS]
+
+
+LABEL = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]", "skip": "[SKIP]"}
+
+
+def render(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        line = f"{LABEL[c.level]} {c.name.ljust(width)}  {c.detail}"
+        if c.level in ("warn", "fail") and c.hint:
+            line += f" -- fix: {c.hint}"
+        lines.append(line)
+    fails = sum(c.level == "fail" for c in checks)
+    warns = sum(c.level == "warn" for c in checks)
+    lines.append(f"{len(checks)} checks: {fails} failed, {warns} warnings")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(checks: list[Check]) -> dict[str, Any]:
+    return {"ok": not any(c.level == "fail" for c in checks), "checks": [asdict(c) for c in checks]}
+

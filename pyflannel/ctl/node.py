@@ -1,0 +1,331 @@
+"""What ``flannelctl status`` and ``doctor`` know about the node they run on.
+
+Facts are gathered once, read-only, into one ``NodeFacts`` value: the subnet file and the
+daemon's status file, etcd (config, leases, own lease TTL, each endpoint's health), the
+kernel (links, the VXLAN device, routes, the peer entries pyflannel owns, sysctls, iptables,
+tx checksum offload). The reports are then plain functions of that value, so the checks are
+testable without a node. Nothing here writes anything or sends a packet: reachability of a
+peer is judged from the kernel's route lookup (``ip route get``), not probed.
+
+The desired peer state is computed with the daemon's own code (``vxlan.select_peers`` and
+``desired_state``) and compared with what ``Netlink.observe`` finds, exactly as a reconcile
+pass would; the difference is the drift an operator would see repaired by the next pass.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from pyflannel.adapters.etcd import EtcdClient, EtcdError
+from pyflannel.adapters.netlink import DataplaneError, LinkInfo, Netlink
+from pyflannel.adapters.registry import BadLease, SubnetRegistry
+from pyflannel.core.backends import vxlan
+from pyflannel.core.config import NetworkConfig
+from pyflannel.core.errors import ConfigError, FlannelError, SubnetEnvError
+from pyflannel.core.flags import Options
+from pyflannel.core.lease import Lease
+from pyflannel.core.model import LiveVxlanLink, PeerState
+from pyflannel.core.subnet_env import parse_env_text
+from pyflannel.ctl.keyspace import make_client
+from pyflannel.daemon.metrics import status_path
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GTXCSUM = 0x16
+RT_TABLE_MAIN = 254
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    endpoint: str
+    ok: bool
+    version: str | None = None
+    leader: bool | None = None
+    db_size: int | None = None
+    raft_index: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostRoute:
+    dst: IPv4Network
+    gateway: IPv4Address | None
+    oif: int | None
+    dev: str | None
+    text: str  # as `ip route` would print it, roughly
+
+
+@dataclass
+class NodeFacts:
+    subnet_file: str
+    status_file: str
+    env: dict[str, str] | None = None
+    env_error: str | None = None
+    status: dict[str, Any] | None = None
+    status_error: str | None = None
+    # etcd
+    config: NetworkConfig | None = None
+    config_error: str | None = None
+    vopts: vxlan.VxlanOptions | None = None
+    leases: list[Lease] = field(default_factory=list)
+    bad_leases: list[BadLease] = field(default_factory=list)
+    etcd_error: str | None = None
+    own: Lease | None = None
+    own_ttl: int | None = None
+    endpoints: list[EndpointHealth] = field(default_factory=list)
+    # kernel
+    kernel_error: str | None = None
+    links: list[LinkInfo] = field(default_factory=list)
+    device: LiveVxlanLink | None = None
+    uplink: LinkInfo | None = None
+    peers: list[vxlan.Peer] = field(default_factory=list)
+    rejected: list[vxlan.Rejected] = field(default_factory=list)
+    desired: PeerState | None = None
+    onlink: list[IPv4Network] = field(default_factory=list)  # uplink's on-link prefixes (DirectRouting)
+    actual: PeerState | None = None
+    routes: list[HostRoute] = field(default_factory=list)
+    peer_routes: dict[str, tuple[int | None, str | None]] = field(default_factory=dict)  # PublicIP -> (oif, dev)
+    sysctls: dict[str, str | None] = field(default_factory=dict)
+    iptables: dict[str, str] = field(default_factory=dict)
+    iptables_error: str | None = None
+    tx_checksum: bool | None = None
+    tx_checksum_error: str | None = None
+    udp_ports: set[int] = field(default_factory=set)
+    kernel_release: str = ""
+    now: float = 0.0
+
+    @property
+    def own_subnet(self) -> IPv4Network | None:
+        if self.own is not None:
+            return self.own.subnet
+        sub = (self.env or {}).get("FLANNEL_SUBNET")
+        if sub:
+            with contextlib.suppress(ValueError):
+                return IPv4Network(sub, strict=False)
+        lease = (self.status or {}).get("lease") or {}
+        if lease.get("subnet"):
+            with contextlib.suppress(ValueError):
+                return IPv4Network(lease["subnet"])
+        return None
+
+    @property
+    def device_name(self) -> str:
+        if self.vopts is not None:
+            return self.vopts.device
+        return str((self.status or {}).get("device") or "flannel.1")
+
+    def link(self, index: int | None) -> LinkInfo | None:
+        return next((lk for lk in self.links if lk.index == index), None)
+
+    def uplink_candidate(self) -> LinkInfo | None:
+        """The VXLAN device's underlay link, else the one the daemon's status file names."""
+        if self.device is not None and self.device.uplink_index:
+            return self.link(self.device.uplink_index)
+        name = (self.status or {}).get("uplink")
+        return next((lk for lk in self.links if lk.name == name), None) if name else None
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def read_files(facts: NodeFacts) -> None:
+    try:
+        facts.env = parse_env_text(Path(facts.subnet_file).read_text(), facts.subnet_file)
+    except (OSError, SubnetEnvError) as e:
+        facts.env_error = f"{facts.subnet_file}: {getattr(e, 'strerror', None) or e}"
+    try:
+        facts.status = json.loads(Path(facts.status_file).read_text())
+    except FileNotFoundError:
+        facts.status_error = f"{facts.status_file} does not exist"
+    except (OSError, ValueError) as e:
+        facts.status_error = f"{facts.status_file}: {e}"
+
+
+# --- etcd --------------------------------------------------------------------------------
+
+
+async def endpoint_health(client: EtcdClient, endpoint: str) -> EndpointHealth:
+    try:
+        st = await client.status(endpoint)
+    except EtcdError as e:
+        return EndpointHealth(endpoint, False, error=str(e).removeprefix(f"etcd {endpoint}: "))
+    header = st.get("header") or {}
+    errors = st.get("errors") or []
+    return EndpointHealth(
+        endpoint,
+        ok=not errors,
+        version=st.get("version"),
+        leader=str(st.get("leader")) == str(header.get("member_id")) if st.get("leader") else False,
+        db_size=int(st.get("dbSize", 0) or 0),
+        raft_index=int(st.get("raftIndex", 0) or 0),
+        error="; ".join(map(str, errors)) or None,
+    )
+
+
+async def read_etcd(facts: NodeFacts, opts: Options) -> None:
+    async with make_client(opts, timeout=3.0) as client:
+        facts.endpoints = list(await asyncio.gather(*(endpoint_health(client, e) for e in client.endpoints)))
+        reg = SubnetRegistry(client, opts.etcd_prefix)
+        try:
+            facts.config = await reg.get_config()
+            if facts.config.backend_type == vxlan.BACKEND_TYPE:
+                facts.vopts = vxlan.parse_options(facts.config.backend)
+        except ConfigError as e:
+            facts.config_error = str(e)
+        except EtcdError as e:
+            facts.etcd_error = str(e)
+            return
+        try:
+            facts.leases, facts.bad_leases, _ = await reg.list_leases()
+        except EtcdError as e:
+            facts.etcd_error = str(e)
+            return
+        mine = facts.own_subnet
+        facts.own = next((le for le in facts.leases if le.subnet == mine), None)
+        if facts.own is not None and facts.own.lease_id:
+            with contextlib.suppress(EtcdError):
+                facts.own_ttl, _ = await client.lease_ttl(facts.own.lease_id)
+
+
+# --- kernel ------------------------------------------------------------------------------
+
+
+def read_sysctl(name: str) -> str | None:
+    """``net.ipv4.conf.flannel.1.rp_filter`` style names; a device name may contain dots."""
+    parts = name.split(".")
+    if parts[:3] == ["net", "ipv4", "conf"] and len(parts) > 5:
+        parts = [*parts[:3], ".".join(parts[3:-1]), parts[-1]]
+    try:
+        return Path("/proc/sys", *parts).read_text().strip()
+    except OSError:
+        return None
+
+
+def tx_checksum(dev: str) -> bool:
+    """ethtool's ``tx-checksumming`` (ETHTOOL_GTXCSUM); OSError if the device has no ethtool ops."""
+    buf = array.array("B", struct.pack("II", ETHTOOL_GTXCSUM, 0))
+    addr, _ = buf.buffer_info()
+    ifreq = struct.pack("16sP", dev.encode()[:15], addr)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    _, value = struct.unpack("II", buf.tobytes())
+    return bool(value)
+
+
+def udp_listen_ports() -> set[int]:
+    """Local UDP ports with a socket bound (the kernel's VXLAN socket shows up here too)."""
+    ports = set()
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(name).read_text().splitlines()[1:]:
+                local = line.split()[1]
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def iptables_save(table: str) -> str:
+    p = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, timeout=30, check=False)
+    if p.returncode != 0:
+        raise FlannelError(f"iptables-save -t {table}: exit {p.returncode}: {p.stderr.strip()[:200]}")
+    return p.stdout
+
+
+def dump_routes(nl: Netlink, links: list[LinkInfo]) -> list[HostRoute]:
+    names = {lk.index: lk.name for lk in links}
+    out = []
+    for r in nl.ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+        if r["type"] != 1:  # unicast only; local/broadcast routes live in other tables anyway
+            continue
+        dst = r.get("RTA_DST") or "0.0.0.0"
+        net = IPv4Network(f"{dst}/{r['dst_len']}")
+        gw = r.get("RTA_GATEWAY")
+        oif = r.get("RTA_OIF")
+        dev = names.get(oif) if oif else None
+        text = ("default" if r["dst_len"] == 0 else str(net)) + (f" via {gw}" if gw else "") + (
+            f" dev {dev}" if dev else "")
+        out.append(HostRoute(net, IPv4Address(gw) if gw else None, oif, dev, text))
+    return out
+
+
+def read_kernel(facts: NodeFacts) -> None:
+    facts.kernel_release = os.uname().release
+    for name in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.ipv4.conf.all.rp_filter"):
+        facts.sysctls[name] = read_sysctl(name)
+    try:
+        nl = Netlink()
+    except OSError as e:
+        facts.kernel_error = f"netlink: {e}"
+        return
+    try:
+        read_links(facts, nl)
+    except (OSError, DataplaneError) as e:
+        facts.kernel_error = f"netlink: {e}"
+    finally:
+        nl.close()
+    try:
+        facts.iptables = {t: iptables_save(t) for t in ("nat", "filter")}
+    except (OSError, subprocess.TimeoutExpired, FlannelError) as e:
+        facts.iptables_error = str(e)
+    facts.udp_ports = udp_listen_ports()
+    if facts.device is not None:
+        try:
+            facts.tx_checksum = tx_checksum(facts.device.name)
+        except OSError as e:
+            facts.tx_checksum_error = f"ethtool ioctl on {facts.device.name}: {e.strerror or e}"
+
+
+def read_links(facts: NodeFacts, nl: Netlink) -> None:
+    facts.links = nl.links()
+    facts.device = nl.read_vxlan(facts.device_name)
+    facts.uplink = facts.uplink_candidate()
+    for name in (facts.device.name if facts.device else None, facts.uplink.name if facts.uplink else None):
+        if name:
+            key = f"net.ipv4.conf.{name}.rp_filter"
+            facts.sysctls[key] = read_sysctl(key)
+    facts.routes = dump_routes(nl, facts.links)
+    if facts.device is None or facts.config is None or facts.config.network is None:
+        return
+    dev, up = facts.device, facts.uplink
+    up_index, up_name = (up.index, up.name) if up is not None else (0, "")
+    facts.actual = nl.observe(dev.index, dev.name, up_index, up_name, facts.config.network)
+    if facts.own is None:
+        return
+    protected = [a.network for a in up.addrs] if up is not None else []
+    facts.peers, facts.rejected = vxlan.select_peers(facts.own, facts.leases, facts.config.network, protected)
+    direct = bool(facts.vopts and facts.vopts.direct_routing)
+    facts.onlink = nl.connected_networks(up_index) if direct and up_index else []
+    facts.desired = vxlan.desired_state(dev.name, facts.peers, direct, up_name, facts.onlink)
+    for p in facts.peers:
+        ip = p.lease.attrs.public_ip
+        try:
+            oif, _src = nl.route_get(ip)
+        except DataplaneError:
+            oif = None
+        lk = facts.link(oif) if oif else None
+        facts.peer_routes[str(ip)] = (oif, lk.name if lk else None)
+
+
+def collect(opts: Options, *, etcd: bool = True, kernel: bool = True) -> NodeFacts:
+    """Everything status and doctor report on, read once."""
+    facts = NodeFacts(str(opts.subnet_file), str(status_path(opts.subnet_file)), now=time.time())
+    read_files(facts)
+    if etcd:
+        try:
+            asyncio.run(read_etcd(facts, opts))
+        except (EtcdError, FlannelError) as e:
+            facts.etcd_error = str(e)
+    if kernel:
+        read_kernel(facts)
+    return facts
