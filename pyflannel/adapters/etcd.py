@@ -223,6 +223,8 @@ class EtcdClient:
             r = await self._client.post(url, json=body)
         except httpx.HTTPError as e:
             raise EtcdError(f"etcd {endpoint}: authenticate: {_describe(e)}") from None
+        except ssl.SSLError as e:
+            raise EtcdError(f"etcd {endpoint}: authenticate: TLS error: {e}") from None
         data = _json(r)
         if r.status_code != 200 or "token" not in data:
             raise EtcdAuthError(f"etcd {endpoint}: authentication as {self._auth.username!r} failed: {_err(data, r)}")
@@ -254,6 +256,9 @@ class EtcdClient:
                     r = await self._client.post(f"{endpoint}{path}", json=body, headers=headers)
                 except httpx.HTTPError as e:
                     last = EtcdError(f"etcd {endpoint}: {path}: {_describe(e)}")
+                    break
+                except ssl.SSLError as e:  # a TLS alert after the handshake is not wrapped by httpx
+                    last = EtcdError(f"etcd {endpoint}: {path}: TLS error: {e}")
                     break
                 except EtcdAuthError:
                     raise
@@ -372,6 +377,8 @@ class EtcdClient:
             r = await self._client.post(f"{endpoint}/v3/maintenance/status", json={}, headers=headers)
         except httpx.HTTPError as e:
             raise EtcdError(f"etcd {endpoint}: status: {_describe(e)}") from None
+        except ssl.SSLError as e:
+            raise EtcdError(f"etcd {endpoint}: status: TLS error: {e}") from None
         data = _json(r)
         if r.status_code != 200:
             raise EtcdError(f"etcd {endpoint}: status: {_err(data, r)}")
@@ -448,6 +455,9 @@ class EtcdClient:
         except httpx.HTTPError as e:
             self._rotate(idx)
             raise EtcdError(f"etcd {endpoint}: watch: {_describe(e)}") from None
+        except ssl.SSLError as e:
+            self._rotate(idx)
+            raise EtcdError(f"etcd {endpoint}: watch: TLS error: {e}") from None
         except (EtcdError, Compacted):
             raise
         except ValueError as e:
