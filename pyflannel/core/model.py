@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Route:
     """``ip route replace <dst> via <via> dev <dev> [onlink]`` in the main table."""
 
@@ -26,7 +26,7 @@ class Route:
         return ("route", self.dst)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Neigh:
     """A permanent neighbour (ARP) entry: the peer VTEP's address -> its VtepMAC."""
 
@@ -39,7 +39,7 @@ class Neigh:
         return ("neigh", self.dev, self.ip)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Fdb:
     """A permanent ``self`` FDB entry on the VXLAN device: VtepMAC -> the peer's PublicIP."""
 
@@ -55,7 +55,7 @@ class Fdb:
 Entry = Route | Neigh | Fdb
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerState:
     """The peer part of the data plane: every route, neighbour and FDB entry."""
 
@@ -67,7 +67,7 @@ class PeerState:
         return [*self.routes, *self.neighs, *self.fdbs]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanLink:
     """What the ``flannel.<VNI>`` device must look like."""
 
@@ -81,7 +81,7 @@ class VxlanLink:
     mtu: int | None  # None = let the kernel derive it from the uplink
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LiveVxlanLink:
     """The attributes of an existing VXLAN device that decide whether it can be reused."""
 

@@ -17,7 +17,7 @@ from pyflannel.core.model import Entry, Fdb, Neigh, PeerState, Route
 Action = Literal["replace", "delete"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     action: Action
     entry: Entry
