@@ -8,12 +8,11 @@ error is one line that names the field and its value.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.core.errors import ConfigError
+from pyflannel.core.errors import ConfigError, shorten, shorten_json
 from pyflannel.core.lease import loads_strict
 
 # Backends flanneld v0.20.2 knows by name. Only some are implemented here; the daemon says
@@ -62,7 +61,7 @@ def _get_str(d: dict[str, Any], name: str) -> str | None:
     if v is None:
         return None
     if not isinstance(v, str):
-        raise ConfigError(f"config field {name}: expected a string, got {json.dumps(v)}")
+        raise ConfigError(f"config field {name}: expected a string, got {shorten_json(v)}")
     return v
 
 
@@ -72,9 +71,9 @@ def _get_int(d: dict[str, Any], name: str) -> int:
         return 0
     # Go will not decode 24.0 into an int field, so neither do we.
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"config field {name}: expected an integer, got {json.dumps(v)}")
+        raise ConfigError(f"config field {name}: expected an integer, got {shorten_json(v)}")
     if not 0 <= int(v) <= 0xFFFFFFFF:
-        raise ConfigError(f"config field {name}: out of range, got {json.dumps(v)}")
+        raise ConfigError(f"config field {name}: out of range, got {shorten_json(v)}")
     return int(v)
 
 
@@ -83,7 +82,7 @@ def _get_bool(d: dict[str, Any], name: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise ConfigError(f"config field {name}: expected true or false, got {json.dumps(v)}")
+        raise ConfigError(f"config field {name}: expected true or false, got {shorten_json(v)}")
     return v
 
 
@@ -97,7 +96,7 @@ def _parse_net4(text: str | None, name: str) -> IPv4Network | None:
             raise ValueError
         net = IPv4Interface(text).network
     except ValueError:
-        raise ConfigError(f"config field {name}: invalid CIDR address {text!r}") from None
+        raise ConfigError(f"config field {name}: invalid CIDR address {shorten(text)}") from None
     return None if net == IPv4Network("0.0.0.0/0") else net
 
 
@@ -111,7 +110,7 @@ def _parse_net6(text: str | None, name: str) -> IPv6Network | None:
             raise ValueError
         net = IPv6Interface(text).network
     except ValueError:
-        raise ConfigError(f"config field {name}: invalid CIDR address {text!r}") from None
+        raise ConfigError(f"config field {name}: invalid CIDR address {shorten(text)}") from None
     return None if net.prefixlen == 0 and int(net.network_address) == 0 else net
 
 
@@ -121,7 +120,7 @@ def _parse_ip4(text: str | None, name: str) -> IPv4Address | None:
     try:
         ip = IPv4Address(text)
     except ValueError:
-        raise ConfigError(f"config field {name}: invalid IP address {text!r}") from None
+        raise ConfigError(f"config field {name}: invalid IP address {shorten(text)}") from None
     return None if int(ip) == 0 else ip
 
 
@@ -131,7 +130,7 @@ def _parse_ip6(text: str | None, name: str) -> IPv6Address | None:
     try:
         ip = IPv6Address(text)
     except ValueError:
-        raise ConfigError(f"config field {name}: invalid IP address {text!r}") from None
+        raise ConfigError(f"config field {name}: invalid IP address {shorten(text)}") from None
     return None if int(ip) == 0 else ip
 
 
@@ -165,13 +164,15 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         backend: dict[str, Any] = {"Type": "udp"}
     elif not isinstance(backend_raw, dict):
         raise ConfigError(
-            f"error decoding Backend property of config: expected an object, got {json.dumps(backend_raw)}"
+            f"error decoding Backend property of config: expected an object, got {shorten_json(backend_raw)}"
         )
     else:
         backend = backend_raw
     btype = _lower_keys(backend).get("type", "")
     if not isinstance(btype, str):
-        raise ConfigError(f"error decoding Backend property of config: Type must be a string, got {btype!r}")
+        raise ConfigError(
+            f"error decoding Backend property of config: Type must be a string, got {shorten_json(btype)}"
+        )
 
     if not enable_ipv4 and not enable_ipv6:
         raise ConfigError("config enables neither IPv4 nor IPv6 (EnableIPv4=false, EnableIPv6=false)")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyflannel.core.errors import FlagError
+from pyflannel.core.errors import FlagError, shorten
 
 
 @dataclass(frozen=True)
@@ -92,20 +93,53 @@ class Options:
         return out
 
 
+# strconv.ParseBool.
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+# strconv.ParseInt(s, 0, 64): Go literal syntax, ASCII only, no spaces; a leading 0 means octal;
+# '_' only between digits or after a base prefix.
+_GO_INT_RE = re.compile(
+    r"[+-]?(?:0[xX](?:_?[0-9a-fA-F])+|0[oO](?:_?[0-7])+|0[bB](?:_?[01])+|0(?:_?[0-7])+|0|[1-9](?:_?[0-9])*)\Z",
+    re.ASCII,
+)
+_INT64 = 1 << 63
+
+
+def _go_int(raw: str) -> int | None:
+    if not _GO_INT_RE.match(raw):
+        return None
+    body = raw.lstrip("+-").replace("_", "")
+    if len(body) > 80:  # beyond int64 in any base; int() refuses more than 4300 digits anyway
+        return _INT64
+    if body[:2].lower() in ("0x", "0o", "0b"):
+        v = int(body, 0)
+    elif body.startswith("0") and len(body) > 1:
+        v = int(body, 8)
+    else:
+        v = int(body)
+    return -v if raw.startswith("-") else v
+
+
 def _convert(spec: FlagSpec, raw: str, source: str) -> Any:
     if spec.kind is bool:
-        low = raw.lower()
-        if low in ("1", "t", "true"):
+        if raw in _TRUE:
             return True
-        if low in ("0", "f", "false"):
+        if raw in _FALSE:
             return False
-        raise FlagError(f"invalid boolean value {raw!r} for {source} -{spec.name}")
+        raise FlagError(f"invalid boolean value {shorten(raw)} for {source} -{spec.name}")
     if spec.kind is int:
-        try:
-            return int(raw, 0) if raw.lower().startswith(("0x", "0o", "0b")) else int(raw)
-        except ValueError:
-            raise FlagError(f"invalid integer value {raw!r} for {source} -{spec.name}") from None
+        v = _go_int(raw)
+        if v is None:
+            raise FlagError(f"invalid integer value {shorten(raw)} for {source} -{spec.name}")
+        if not -_INT64 <= v < _INT64:
+            raise FlagError(f"integer value {shorten(raw)} for {source} -{spec.name} is out of range")
+        return v
     return raw
+
+
+def _arg(text: str) -> str:
+    """An argument as typed when it is short and printable, else quoted and cut: messages stay one line."""
+    return text if len(text) <= 80 and text.isprintable() else shorten(text)
 
 
 def parse_flags(argv: Sequence[str], env: Mapping[str, str]) -> Options:
@@ -123,12 +157,12 @@ def parse_flags(argv: Sequence[str], env: Mapping[str, str]) -> Options:
             break
         body = a[2:] if a.startswith("--") else a[1:]
         if not body or body.startswith("-") or body.startswith("="):
-            raise FlagError(f"bad flag syntax: {a}")
+            raise FlagError(f"bad flag syntax: {_arg(a)}")
         name, eq, raw = body.partition("=")
         name = _ALIASES.get(name, name)
         spec = _BY_NAME.get(name)
         if spec is None:
-            raise FlagError(f"flag provided but not defined: -{name}")
+            raise FlagError(f"flag provided but not defined: -{_arg(name)}")
         if not eq:
             if spec.kind is bool:
                 raw = "true"
@@ -147,13 +181,14 @@ def parse_flags(argv: Sequence[str], env: Mapping[str, str]) -> Options:
         seen.add(name)
         i += 1
     if i < len(args):
-        raise FlagError(f"unexpected argument {args[i]!r} (flanneld takes only flags)")
+        raise FlagError(f"unexpected argument {shorten(args[i])} (flanneld takes only flags)")
 
     for spec in FLAGS:
         if spec.name in seen:
             continue
         key = "FLANNELD_" + spec.name.upper().replace("-", "_")
-        if key in env:
+        # Like flanneld (coreos/pkg flagutil): an empty variable is the same as an unset one.
+        if env.get(key):
             raw = env[key]
             value = _convert(spec, raw, f"environment variable {key} for")
             values[spec.name] = [value] if spec.kind is list else value
@@ -176,38 +211,82 @@ def validate(o: Options) -> None:
     if not 0 <= o.healthz_port <= 65535:
         raise FlagError(f"-healthz-port must be 0-65535: {o.healthz_port}")
     if o.log_format not in ("text", "json"):
-        raise FlagError(f"-log-format must be text or json: {o.log_format!r}")
+        raise FlagError(f"-log-format must be text or json: {shorten(o.log_format)}")
     for name in ("public_ip", "healthz_ip", "iface_can_reach"):
         v = getattr(o, name)
         if v:
             try:
                 ip = ipaddress.ip_address(v)
             except ValueError:
-                raise FlagError(f"-{name.replace('_', '-')}: invalid IP address {v!r}") from None
+                raise FlagError(f"-{name.replace('_', '-')}: invalid IP address {shorten(v)}") from None
             if name == "public_ip" and ip.version != 4:
-                raise FlagError(f"-public-ip: not an IPv4 address {v!r}")
+                raise FlagError(f"-public-ip: not an IPv4 address {shorten(v)}")
     if o.public_ipv6:
         try:
             ipaddress.IPv6Address(o.public_ipv6)
         except ValueError:
-            raise FlagError(f"-public-ipv6: invalid IPv6 address {o.public_ipv6!r}") from None
+            raise FlagError(f"-public-ipv6: invalid IPv6 address {shorten(o.public_ipv6)}") from None
     for rx in o.iface_regex:
         try:
             re.compile(rx)
-        except re.error as e:
-            raise FlagError(f"-iface-regex: invalid regular expression {rx!r}: {e}") from None
+        except (re.error, OverflowError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise FlagError(f"-iface-regex: invalid regular expression {shorten(rx)}: {why}") from None
     eps = [e for e in o.etcd_endpoints.split(",") if e.strip()]
     if not eps:
         raise FlagError("-etcd-endpoints: no endpoint given")
     for ep in eps:
-        if not re.match(r"^https?://[^/\s]+/?$", ep.strip()):
-            raise FlagError(f"-etcd-endpoints: invalid endpoint {ep.strip()!r} (want http://host:port or https://...)")
+        check_endpoint(ep.strip())
+    if not o.subnet_file:
+        raise FlagError("-subnet-file must not be empty")
     if bool(o.etcd_certfile) != bool(o.etcd_keyfile):
         raise FlagError("-etcd-certfile and -etcd-keyfile must be given together")
     if not o.etcd_prefix.startswith("/"):
-        raise FlagError(f"-etcd-prefix must start with '/': {o.etcd_prefix!r}")
+        raise FlagError(f"-etcd-prefix must start with '/': {shorten(o.etcd_prefix)}")
     if o.kube_subnet_mgr:
         raise FlagError("-kube-subnet-mgr: Kubernetes subnet manager is not supported by pyflannel yet; use etcd")
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?\Z",
+                      re.ASCII)
+
+
+def check_endpoint(ep: str) -> None:
+    """An etcd endpoint must be ``http(s)://host[:port][/]``; anything else fails later and less clearly.
+
+    Credentials in the URL are refused without echoing them: they would end up in every
+    error message that names the endpoint.
+    """
+    want = "(want http://host:port or https://host:port)"
+    try:
+        u = urllib.parse.urlsplit(ep)
+        port = u.port
+        host = u.hostname
+    except ValueError:
+        raise FlagError(f"-etcd-endpoints: invalid endpoint {shorten(ep)} {want}") from None
+    if "@" in u.netloc:
+        raise FlagError(f"-etcd-endpoints: credentials in endpoint {u.scheme}://***@{u.netloc.rpartition('@')[2]} "
+                        "are not supported; use -etcd-username and -etcd-password")
+    ok = (
+        u.scheme in ("http", "https")
+        and ep.startswith(u.scheme + "://")
+        and u.path in ("", "/")
+        and not u.query
+        and not u.fragment
+        and not any(c.isspace() for c in ep)
+        and bool(host)
+        and port != 0
+    )
+    if ok and host is not None:
+        if u.netloc.startswith("["):
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                ok = False
+        else:
+            ok = bool(_HOST_RE.match(host))
+    if not ok:
+        raise FlagError(f"-etcd-endpoints: invalid endpoint {shorten(ep)} {want}")
 
 
 def usage() -> str:

@@ -12,30 +12,45 @@ import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from pyflannel.core.errors import LeaseFormatError
+from pyflannel.core.errors import LeaseFormatError, shorten
 
 # flanneld's regex, byte for byte, including its unescaped '.' between the 2nd and 3rd
 # octet: a key that Go accepts must not be rejected here.
 # Go's \d is ASCII-only and its $ matches only at the very end (Python's also before a final "\n").
 _SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?\Z", re.ASCII)
+# Longer than any valid key ("255.255.255.255-32&" + 39 characters of IPv6 + "-128" is 62).
+_KEY_TAIL = 80
 
 
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
-    """Parse the last path element of a lease key (or the whole key) into subnets."""
-    m = _SUBNET_KEY_RE.search(key)
+    """Parse the last path element of a lease key (or the whole key) into subnets.
+
+    Keys come from etcd, where anyone with write access to the prefix can put any string, so
+    this must stay fast and raise nothing but LeaseFormatError on any input.
+    """
+    # The unescaped '.' in flanneld's regex makes Python's backtracking matcher cubic on long runs
+    # of digits (a 3000-digit key took seconds; etcd allows 1.5 MB). A match must end at the end of
+    # the key and a valid one is at most 62 characters, so only the tail can hold one.
+    m = _SUBNET_KEY_RE.search(key[-_KEY_TAIL:])
     if m is None:
-        raise LeaseFormatError(f"bad subnet key {key!r}")
-    # Go parses the prefix with strconv.ParseUint(.., 5) / (.., 7): at most 31 / 127.
-    if int(m.group(2)) > 31 or (m.group(4) is not None and int(m.group(4)) > 127):
-        raise LeaseFormatError(f"bad subnet key {key!r}: prefix length out of range")
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}")
+    # Go parses the prefix with strconv.ParseUint(.., 5) / (.., 7): at most 31 / 127. Compare the
+    # digits before int(): int() refuses strings of more than 4300 digits with a plain ValueError.
+    if _too_big(m.group(2), 31) or (m.group(4) is not None and _too_big(m.group(4), 127)):
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}: prefix length out of range")
     try:
         sn4 = IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
         sn6 = None
         if m.group(3) is not None:
             sn6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
     except ValueError as e:
-        raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}: {e}") from None
     return sn4, sn6
+
+
+def _too_big(digits: str, limit: int) -> bool:
+    digits = digits.lstrip("0")
+    return len(digits) > 3 or int(digits or "0") > limit
 
 
 def make_subnet_key(sn4: IPv4Network, sn6: IPv6Network | None = None) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.core.errors import LeaseFormatError
+from pyflannel.core.errors import LeaseFormatError, shorten
 from pyflannel.core.ipnet import make_subnet_key
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -69,7 +69,7 @@ class VxlanData:
 def normalize_mac(text: str) -> str:
     mac = text.strip().lower()
     if not _MAC_RE.match(mac):
-        raise LeaseFormatError(f"bad VtepMAC {text!r}")
+        raise LeaseFormatError(f"bad VtepMAC {shorten(text)}")
     return mac
 
 
@@ -113,12 +113,12 @@ def _vxlan_data(backend_data: str) -> VxlanData:
     low = {k.lower(): v for k, v in d.items()}
     mac = low.get("vtepmac")
     if not isinstance(mac, str):
-        raise LeaseFormatError(f"BackendData.VtepMAC missing or not a string: {mac!r}")
+        raise LeaseFormatError(f"BackendData.VtepMAC missing or not a string: {shorten(mac)}")
     vni = low.get("vni", 0)
     if vni is None:
         vni = 0
     if isinstance(vni, bool) or not isinstance(vni, int):
-        raise LeaseFormatError(f"BackendData.VNI is not an integer: {vni!r}")
+        raise LeaseFormatError(f"BackendData.VNI is not an integer: {shorten(vni)}")
     return VxlanData(vni=vni, vtep_mac=normalize_mac(mac))
 
 
@@ -135,33 +135,36 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
     d = {k.lower(): v for k, v in raw.items()}
     pub = d.get("publicip")
     if not isinstance(pub, str):
-        raise LeaseFormatError(f"PublicIP missing or not a string: {pub!r}")
+        raise LeaseFormatError(f"PublicIP missing or not a string: {shorten(pub)}")
     try:
         public_ip = IPv4Address(pub)
     except ValueError:
-        raise LeaseFormatError(f"bad PublicIP {pub!r}") from None
+        raise LeaseFormatError(f"bad PublicIP {shorten(pub)}") from None
     pub6 = d.get("publicipv6")
     public_ipv6 = None
     if pub6 is not None:
         if not isinstance(pub6, str) or "%" in pub6:
-            raise LeaseFormatError(f"bad PublicIPv6 {pub6!r}")
+            raise LeaseFormatError(f"bad PublicIPv6 {shorten(pub6)}")
         try:
             public_ipv6 = IPv6Address(pub6)
         except ValueError:
-            raise LeaseFormatError(f"bad PublicIPv6 {pub6!r}") from None
+            raise LeaseFormatError(f"bad PublicIPv6 {shorten(pub6)}") from None
     btype = d.get("backendtype")
     btype = "" if btype is None else btype
     if not isinstance(btype, str):
-        raise LeaseFormatError(f"BackendType is not a string: {btype!r}")
+        raise LeaseFormatError(f"BackendType is not a string: {shorten(btype)}")
     bdata = d.get("backenddata")
     bdata6 = d.get("backendv6data")
-    return LeaseAttrs(
-        public_ip=public_ip,
-        public_ipv6=public_ipv6,
-        backend_type=btype,
-        backend_data=None if bdata is None else _compact(bdata),
-        backend_v6_data=None if bdata6 is None else _compact(bdata6),
-    )
+    try:
+        return LeaseAttrs(
+            public_ip=public_ip,
+            public_ipv6=public_ipv6,
+            backend_type=btype,
+            backend_data=None if bdata is None else _compact(bdata),
+            backend_v6_data=None if bdata6 is None else _compact(bdata6),
+        )
+    except RecursionError:  # parsed just below the limit, re-encoded from a deeper frame
+        raise LeaseFormatError("BackendData is nested too deeply") from None
 
 
 @dataclass(frozen=True)

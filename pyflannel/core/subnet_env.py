@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
-from pyflannel.core.errors import SubnetEnvError
+from pyflannel.core.errors import SubnetEnvError, shorten
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,11 @@ def previous_subnets(env: dict[str, str]) -> tuple[IPv4Network | None, IPv6Netwo
         try:
             sn4 = IPv4Interface(v4).network
         except ValueError:
-            raise SubnetEnvError(f"FLANNEL_SUBNET: invalid value {v4!r}") from None
+            raise SubnetEnvError(f"FLANNEL_SUBNET: invalid value {shorten(v4)}") from None
     v6 = env.get("FLANNEL_IPV6_SUBNET")
     if v6:
         try:
             sn6 = IPv6Interface(v6).network
         except ValueError:
-            raise SubnetEnvError(f"FLANNEL_IPV6_SUBNET: invalid value {v6!r}") from None
+            raise SubnetEnvError(f"FLANNEL_IPV6_SUBNET: invalid value {shorten(v6)}") from None
     return sn4, sn6

@@ -109,7 +109,11 @@ class Daemon:
             await asyncio.sleep(1.0)
 
     def read_previous(self) -> IPv4Network | None:
-        text = read_text(self.opts.subnet_file)
+        try:
+            text = read_text(self.opts.subnet_file)
+        except (OSError, ValueError) as e:  # e.g. its directory is a file, or it is not text
+            log.warning("Ignoring previous subnet file %s: %s", self.opts.subnet_file, e)
+            return None
         if text is None:
             return None
         try:
@@ -165,14 +169,21 @@ class Daemon:
     def write_subnet_env(self) -> None:
         assert self.config is not None and self.keeper is not None and self.keeper.lease is not None
         text = SubnetEnv(self.config.network, self.keeper.lease.subnet, self.mtu, self.opts.ip_masq).render()
-        if text == self._env_written and read_text(self.opts.subnet_file) == text:
-            return
         try:
+            if text == self._env_written and read_text(self.opts.subnet_file) == text:
+                return
             atomic_write(self.opts.subnet_file, text, 0o644)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             self.ready.subnet_file = False
-            log.error("Failed to write subnet file %s: %s (retrying)", self.opts.subnet_file, e)
+            # Every reconcile pass retries; say it once per distinct error, not once per pass.
+            if str(e) != getattr(self, "_env_error", None):
+                log.error("Failed to write subnet file %s: %s (retrying on every resync, each %ds)",
+                          self.opts.subnet_file, e, self.opts.resync_period)
+            self._env_error: str | None = str(e)
             return
+        if getattr(self, "_env_error", None) is not None:
+            log.info("Subnet file %s can be written again", self.opts.subnet_file)
+            self._env_error = None
         self._env_written = text
         self.ready.subnet_file = True
         log.info("Wrote subnet file to %s", self.opts.subnet_file)
@@ -186,7 +197,7 @@ class Daemon:
             check_backend_type(new)
             new_vopts = vxlan.parse_options(new.backend) if new.backend_type == "vxlan" else None
         except ConfigError as e:
-            log.error("New network config is invalid, keeping the running one: %s", e)
+            log.error("New network config %s is invalid, keeping the running one: %s", self.registry.config_key, e)
             return
         if new == self.config and new_vopts == self.vopts:
             return
@@ -195,7 +206,13 @@ class Daemon:
                   "supervisor restarts flanneld with it", self.config.network, new.network,
                   self.config.backend_type, new.backend_type)
         self.exit_code = 1
-        self.stop.set()
+        # Stop a moment later, not inside this watch callback: the same batch wakes the reconciler, and
+        # Python 3.11's asyncio.wait_for swallows a cancel that lands in the turn its wake-up completes,
+        # which left the daemon hanging here instead of exiting (see the fault tests' report).
+        try:
+            asyncio.get_running_loop().call_later(0.2, self.stop.set)
+        except RuntimeError:  # no loop running (called directly)
+            self.stop.set()
 
     def on_leases_changed(self) -> None:
         if self.keeper is not None and self.watcher is not None:
@@ -304,6 +321,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         stopper = asyncio.create_task(self.stop.wait())
+        # The health server starts before the config is read, as flanneld's does, so /readyz can say
+        # "waiting for the network config" instead of refusing connections.
+        health: asyncio.Task[None] | None = None
+        if self.opts.healthz_port:
+            from pyflannel.daemon.health import serve_health
+
+            health = asyncio.create_task(serve_health(self), name="healthz")
         try:
             starting = asyncio.create_task(self.start())
             done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -322,10 +346,8 @@ class Daemon:
                 asyncio.create_task(self.rules_loop(), name="iptables"),
                 asyncio.create_task(self.first_sync_and_notify(), name="first-sync"),
             }
-            if self.opts.healthz_port:
-                from pyflannel.daemon.health import serve_health
-
-                tasks.add(asyncio.create_task(serve_health(self), name="healthz"))
+            if health is not None:
+                tasks.add(health)
             while True:
                 done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
                 crashed = [t for t in done if t is not stopper and (t.cancelled() or t.exception())]
@@ -348,6 +370,9 @@ class Daemon:
             return 1
         finally:
             stopper.cancel()
+            if health is not None and not health.done():
+                health.cancel()
+                await asyncio.gather(health, return_exceptions=True)
             await self.client.close()
             self.nl.close()
 

@@ -19,13 +19,13 @@ subnet, over the node LAN, or outside the Network is rejected with the reason.
 
 from __future__ import annotations
 
-import json
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyflannel.core.errors import ConfigError, LeaseFormatError
+from pyflannel.core.errors import ConfigError, LeaseFormatError, shorten_json
 from pyflannel.core.lease import Lease
 from pyflannel.core.model import Fdb, Neigh, PeerState, Route
 
@@ -56,7 +56,7 @@ def parse_options(backend: dict[str, Any]) -> VxlanOptions:
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"error decoding VXLAN backend config: {name} must be an integer, got {json.dumps(v)}")
+            raise ConfigError(f"error decoding VXLAN backend config: {name} must be an integer, got {shorten_json(v)}")
         if not lo <= v <= hi:
             raise ConfigError(f"error decoding VXLAN backend config: {name} out of range {lo}..{hi}, got {v}")
         return v
@@ -66,7 +66,9 @@ def parse_options(backend: dict[str, Any]) -> VxlanOptions:
         if v is None:
             return False
         if not isinstance(v, bool):
-            raise ConfigError(f"error decoding VXLAN backend config: {name} must be true or false, got {json.dumps(v)}")
+            raise ConfigError(
+                f"error decoding VXLAN backend config: {name} must be true or false, got {shorten_json(v)}"
+            )
         return v
 
     return VxlanOptions(
@@ -96,11 +98,17 @@ def select_peers(
     leases: Iterable[Lease],
     network: IPv4Network,
     protected: Sequence[IPv4Network] = (),
+    prefer_len: int | None = None,
 ) -> tuple[list[Peer], list[Rejected]]:
     """Split leases into usable vxlan peers and rejected ones (with reasons).
 
     ``protected`` are networks no peer route may cover (the node's own LAN prefixes).
     Leases of another BackendType are skipped silently: they are foreign, not bad.
+
+    Of two peers that overlap only one can be routed. By default the first by subnet order is
+    kept. With ``prefer_len`` (the config's SubnetLen), leases of that length win over any other
+    size first: every node's lease has that length, so a lease of another size that anyone put in
+    etcd (a /23 over a node's /24, a /30 inside it) can no longer cut that node off.
     """
     peers: list[Peer] = []
     rejected: list[Rejected] = []
@@ -132,10 +140,36 @@ def select_peers(
             rejected.append(Rejected(key, str(e)))
             continue
         peers.append(Peer(le, data.vtep_mac))
-    # Two leases overlapping each other cannot both be routed; keep the first by subnet order.
+    if prefer_len is None:
+        kept = _first_of_overlapping(peers, rejected)
+    else:
+        kept = _first_of_overlapping([p for p in peers if p.lease.subnet.prefixlen == prefer_len], rejected)
+        taken = {p.lease.subnet for p in kept}
+        starts = sorted(int(sn.network_address) for sn in taken)
+        others = []
+        for p in peers:
+            sn = p.lease.subnet
+            if sn.prefixlen == prefer_len:
+                continue
+            hit = _overlapping_aligned(sn, prefer_len, taken, starts)
+            if hit is not None:
+                rejected.append(Rejected(p.lease.key_name, f"subnet {sn} overlaps peer {hit}"))
+            else:
+                others.append(p)
+        kept.extend(_first_of_overlapping(others, rejected))
+        kept.sort(key=_subnet_order)
+    return kept, rejected
+
+
+def _subnet_order(p: Peer) -> tuple[int, int, str]:
+    return (int(p.lease.subnet.network_address), p.lease.subnet.prefixlen, p.lease.key_name)
+
+
+def _first_of_overlapping(peers: list[Peer], rejected: list[Rejected]) -> list[Peer]:
+    """Drop every peer that overlaps one before it in subnet order (appending the reason to ``rejected``)."""
     # Sorted by network address, a subnet overlaps an earlier one exactly when it starts at or
     # before the highest broadcast address kept so far: one pass, not a pairwise check.
-    peers.sort(key=lambda p: (int(p.lease.subnet.network_address), p.lease.subnet.prefixlen, p.lease.key_name))
+    peers = sorted(peers, key=_subnet_order)
     kept: list[Peer] = []
     reach = -1
     last: Peer | None = None
@@ -147,7 +181,24 @@ def select_peers(
         kept.append(p)
         if int(sn.broadcast_address) > reach:
             reach, last = int(sn.broadcast_address), p
-    return kept, rejected
+    return kept
+
+
+def _overlapping_aligned(
+    sn: IPv4Network, length: int, taken: set[IPv4Network], starts: list[int]
+) -> IPv4Network | None:
+    """A subnet of ``taken`` (all of prefix ``length``, ``starts`` their sorted addresses) that ``sn`` overlaps.
+
+    Two CIDR blocks overlap only if one contains the other: a longer ``sn`` lies inside the one
+    block of ``length`` that contains it; a shorter one contains every block starting inside it.
+    """
+    if sn.prefixlen > length:
+        sup = sn.supernet(new_prefix=length)
+        return sup if sup in taken else None
+    i = bisect.bisect_left(starts, int(sn.network_address))
+    if i < len(starts) and starts[i] <= int(sn.broadcast_address):
+        return IPv4Network((starts[i], length))
+    return None
 
 
 def desired_state(
