@@ -206,13 +206,7 @@ class Daemon:
                   "supervisor restarts flanneld with it", self.config.network, new.network,
                   self.config.backend_type, new.backend_type)
         self.exit_code = 1
-        # Stop a moment later, not inside this watch callback: the same batch wakes the reconciler, and
-        # Python 3.11's asyncio.wait_for swallows a cancel that lands in the turn its wake-up completes,
-        # which left the daemon hanging here instead of exiting (see the fault tests' report).
-        try:
-            asyncio.get_running_loop().call_later(0.2, self.stop.set)
-        except RuntimeError:  # no loop running (called directly)
-            self.stop.set()
+        self.stop.set()
 
     def on_leases_changed(self) -> None:
         if self.keeper is not None and self.watcher is not None:
@@ -303,7 +297,8 @@ class Daemon:
     async def rules_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rules_wake.wait(), self.opts.iptables_resync)
+                async with asyncio.timeout(self.opts.iptables_resync):  # not wait_for: see Reconciler.run
+                    await self._rules_wake.wait()
             self._rules_wake.clear()
             await self.ensure_rules()
 

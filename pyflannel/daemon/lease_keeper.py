@@ -125,7 +125,8 @@ class LeaseKeeper:
                 log.info("Waiting for %.0fs to renew lease", due)
             # Lost: retry at once (errors below sleep first). Reserved: wait for a wake-up only.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0 if self._lost else due)
+                async with asyncio.timeout(0 if self._lost else due):  # not wait_for: see Reconciler.run
+                    await self._wake.wait()
             self._wake.clear()
             assert self.lease is not None
             old = self.lease

@@ -132,7 +132,10 @@ class Reconciler:
             self._need_full = False
         index = self.dev_index
 
-        peers, rejected = vxlan.select_peers(own, self.leases().values(), self.network, self.protected)
+        # Node-sized leases win over any other size when two overlap: a hand-written /23 over a
+        # node's /24 must not cut that node off (fault test 8c).
+        peers, rejected = vxlan.select_peers(own, self.leases().values(), self.network, self.protected,
+                                             prefer_len=own.subnet.prefixlen)
         for r in rejected:
             if (r.key, r.reason) not in self._rejected_seen:
                 self._rejected_seen.add((r.key, r.reason))
@@ -183,8 +186,11 @@ class Reconciler:
     async def run(self, period: float) -> None:
         while True:
             ticked = False
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that arrives in the
+            # loop turn the event fires, and the daemon then never stops.
             try:
-                await asyncio.wait_for(self.wake.wait(), period)
+                async with asyncio.timeout(period):
+                    await self.wake.wait()
             except TimeoutError:
                 ticked = True
             self.wake.clear()

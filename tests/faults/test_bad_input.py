@@ -273,8 +273,6 @@ def test_prefer_len_never_keeps_overlapping_peers(items: list[tuple[IPv4Network,
     assert subnets == sorted(subnets, key=lambda s: (int(s.network_address), s.prefixlen))
 
 
-@pytest.mark.xfail(strict=True, reason="pyflannel/daemon/reconciler.py does not pass prefer_len to "
-                   "vxlan.select_peers yet: a /23 lease over a node's /24 cuts that node off (see docs/security.md)")
 def test_supernet_lease_over_a_node_does_not_cut_it_off(cluster_factory: Callable[..., Cluster]) -> None:
     with scenario("8c supernet lease (/23) over a node's /24", peers=1) as row:
         c = cluster_factory(nodes=2)
@@ -289,6 +287,6 @@ def test_supernet_lease_over_a_node_does_not_cut_it_off(cluster_factory: Callabl
         row.routes_lost = missing_routes(c)
         sent, lost, failed = ping_pods(c, count=3)
         row.pings_sent, row.pings_lost = sent, lost
-        row.note = (f"{sup} put by hand: n2 keeps it and drops n1's {s1} (first by subnet order) until the "
-                    "reconciler passes prefer_len=SubnetLen")
+        row.note = (f"{sup} put by hand over n1's {s1}: the node-sized lease wins on n2, the /23 is reported "
+                    "as overlapping; n1 stays reachable")
         assert row.routes_lost == 0 and failed == []
