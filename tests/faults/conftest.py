@@ -29,7 +29,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +40,10 @@ from typing import Any
 
 import pytest
 
+from pyflannel.testbed import checks
+from pyflannel.testbed.checks import etcd_py, kernel, own_subnet, wait_for
+
+__all__ = ["etcd_py", "kernel", "own_subnet", "wait_for"]  # re-exported for the fault tests
 from pyflannel.testbed.cluster import (
     ETCD_ENDPOINT,
     Cluster,
@@ -131,10 +134,7 @@ def record(
     if result not in ("pass", "fail"):
         raise ValueError(f"result must be 'pass' or 'fail', not {result!r}")
     row = asdict(Row(scenario, peers, round(duration_s, 2), pings_sent, pings_lost, routes_lost, result, note))
-    path = os.environ.get(REPORT_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    checks.record_fault(**row)
     return row
 
 
@@ -157,80 +157,6 @@ def scenario(name: str, peers: int = 0, note: str = "") -> Iterator[Row]:
 
 # ------------------------------------------------------------------------------------------------
 # Cluster helpers (from tests/netns/test_vxlan_cluster.py, made reusable)
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def start_cluster(
-    prefix: str,
-    workdir: Path,
-    nodes: int = 3,
-    extra_args: Sequence[str] = (),
-    config: str | None = CONFIG,
-) -> Cluster:
-    """Build the namespaces, start etcd, put ``config`` (unless None), start flanneld everywhere and wait
-    until every node has written its subnet file and holds exactly the routes the leases call for.
-
-    The caller owns the result and must call ``down()`` (or use the ``cluster_factory`` fixture).
-    """
-    c = Cluster(prefix=prefix, nodes=nodes, workdir=workdir)
-    try:
-        c.up()
-        c.start_etcd()
-        if config is not None:
-            c.put_config(config)
-        for n in c.nodes:
-            c.start_flanneld(n, tuple(extra_args))
-        if config is not None:
-            for n in c.nodes:
-                c.wait_subnet_env(n)
-            wait_converged(c)
-    except BaseException:
-        c.down()
-        raise
-    return c
-
-
-def own_subnet(c: Cluster, node: Node) -> IPv4Network:
-    return IPv4Network(c.read_subnet_env(node)["FLANNEL_SUBNET"], strict=False)
-
-
-def kernel(node_ns: str) -> dict[str, set[tuple[str, ...]]]:
-    """Routes on flannel.1, its neighbours and FDB entries, read with pyroute2."""
-    from pyroute2 import IPRoute
-
-    with IPRoute(netns=node_ns, flags=0) as ipr:
-        idx = ipr.link_lookup(ifname="flannel.1")
-        if not idx:
-            return {"routes": set(), "neigh": set(), "fdb": set()}
-        i = idx[0]
-        routes = {
-            (f"{r.get('RTA_DST')}/{r['dst_len']}", r.get("RTA_GATEWAY"), "onlink" if r["flags"] & 4 else "",
-             str(r["proto"]))
-            for r in ipr.route("dump", family=2, table=254)
-            if r.get("RTA_OIF") == i
-        }
-        neigh = {
-            (n.get("NDA_DST"), n.get("NDA_LLADDR"), "permanent" if n["state"] & 0x80 else str(n["state"]))
-            for n in ipr.neigh("dump", family=2)
-            if n["ifindex"] == i
-        }
-        fdb = {
-            (n.get("NDA_LLADDR"), n.get("NDA_DST"), "self" if n["flags"] & 2 else "", "permanent"
-             if n["state"] & 0x80 else str(n["state"]))
-            for n in ipr.fdb("dump", ifindex=i)
-            if n["ifindex"] == i and n.get("NDA_DST")
-        }
-    return {"routes": routes, "neigh": neigh, "fdb": fdb}
 
 
 def flannel_addresses(node_ns: str) -> list[str]:
@@ -292,20 +218,15 @@ def node_leases(c: Cluster, ls: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def expected(c: Cluster, node: Node, ls: dict[str, str] | None = None) -> dict[str, set[tuple[str, ...]]]:
-    """What ``node`` should hold for the other nodes' leases (reference-state.md section 3)."""
-    ls = node_leases(c) if ls is None else ls
-    mine = own_subnet(c, node)
-    routes, neigh, fdb = set(), set(), set()
-    for key, value in ls.items():
-        net = IPv4Network(key.rsplit("/", 1)[-1].replace("-", "/"))
-        if net == mine:
-            continue
-        d = json.loads(value)
-        mac, pub, vtep = d["BackendData"]["VtepMAC"], d["PublicIP"], str(net.network_address)
-        routes.add((str(net), vtep, "onlink", "3"))  # proto boot, like Go's netlink
-        neigh.add((vtep, mac, "permanent"))
-        fdb.add((mac, pub, "self", "permanent"))
-    return {"routes": routes, "neigh": neigh, "fdb": fdb}
+    """What ``node`` should hold for the other *nodes'* leases (injected test leases are ignored)."""
+    return checks.expected(c, node, node_leases(c) if ls is None else ls)
+
+
+def start_cluster(prefix: str, workdir: Path, nodes: int = 3, extra_args: Sequence[str] = (),
+                  config: str | None = CONFIG) -> Cluster:
+    """A running cluster (see pyflannel.testbed.checks.start_cluster); ``config=None`` starts flanneld
+    with no network config in etcd and does not wait for it."""
+    return checks.start_cluster(prefix, workdir, nodes, tuple(extra_args), config)
 
 
 def missing_routes(c: Cluster, nodes: Sequence[Node] | None = None) -> int:
@@ -324,17 +245,6 @@ def converged(c: Cluster, nodes: Sequence[Node] | None = None) -> bool:
 
 def wait_converged(c: Cluster, timeout: float = 20, nodes: Sequence[Node] | None = None) -> None:
     wait_for(lambda: converged(c, nodes), timeout, "every node to match the leases")
-
-
-def etcd_py(c: Cluster, code: str) -> str:
-    """Run a snippet with an EtcdClient ``c`` inside the LAN namespace (etcd listens there)."""
-    script = (
-        "import asyncio, json\nfrom pyflannel.adapters.etcd import EtcdClient, _b64\n"
-        f"async def main():\n    async with EtcdClient(['{c.etcd_endpoint}']) as c:\n"
-        + "\n".join("        " + line for line in code.strip().splitlines())
-        + "\nasyncio.run(main())\n"
-    )
-    return c.exec(c.lan_ns, [sys.executable, "-c", script], timeout=60).stdout
 
 
 def flanneld_log(node: Node) -> str:

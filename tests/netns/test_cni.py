@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface, IPv4Network
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from pyflannel.testbed.checks import wait_for
 from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
 
 pytestmark = pytest.mark.root
@@ -56,15 +56,6 @@ def needs_netns() -> None:
         pytest.skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def start_cluster(prefix: str, workdir: Path, nodes: int = 3) -> Cluster:

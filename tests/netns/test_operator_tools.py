@@ -16,15 +16,15 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
 
+from pyflannel.testbed.checks import wait_for
 from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
 
 pytestmark = pytest.mark.root
@@ -35,15 +35,6 @@ HEALTH_PORT = 10256
 FROZEN = ("-resync-period=3600", "-iptables-resync=3600")
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def health_args(node: Node) -> tuple[str, ...]:
