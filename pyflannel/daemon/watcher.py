@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from pyflannel.adapters.etcd import Compacted, EtcdError
 from pyflannel.adapters.registry import BadLease, ConfigEvent, LeaseEvent, SubnetRegistry
-from pyflannel.core.errors import LeaseFormatError
+from pyflannel.core.errors import LeaseFormatError, shorten
 from pyflannel.core.ipnet import parse_subnet_key
 from pyflannel.core.lease import Lease
 
@@ -49,7 +49,9 @@ class LeaseWatcher:
     def _note_bad(self, b: BadLease) -> None:
         # Each bad value is reported once per key and reason, not on every resync.
         if self.bad.get(b.key) != b.reason:
-            log.warning("Ignoring bad subnet lease %s: %s", b.key, b.reason.removeprefix(b.key + ": "))
+            # The key is outside input too: a megabyte key must not make a megabyte log line.
+            log.warning("Ignoring bad subnet lease %s: %s", shorten(b.key, 120).strip("'"),
+                        shorten(b.reason.removeprefix(b.key + ": "), 200).strip("'"))
             self.bad[b.key] = b.reason
 
     def _replace(self, leases: list[Lease], bad: list[BadLease]) -> None:
