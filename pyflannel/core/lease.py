@@ -55,7 +55,7 @@ def loads_strict(value: str | bytes) -> Any:
         raise ValueError("nested too deeply") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanData:
     """BackendData of a vxlan lease."""
 
@@ -73,7 +73,7 @@ def normalize_mac(text: str) -> str:
     return mac
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     public_ip: IPv4Address
     public_ipv6: IPv6Address | None = None
@@ -167,7 +167,7 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
         raise LeaseFormatError("BackendData is nested too deeply") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """One subnet lease as seen in etcd.
 

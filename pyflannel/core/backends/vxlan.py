@@ -33,7 +33,7 @@ BACKEND_TYPE = "vxlan"
 DEFAULT_PORT = 8472
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanOptions:
     vni: int = 1
     port: int = 0
@@ -81,13 +81,13 @@ def parse_options(backend: dict[str, Any]) -> VxlanOptions:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     key: str
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     lease: Lease
     vtep_mac: str
@@ -112,19 +112,25 @@ def select_peers(
     """
     peers: list[Peer] = []
     rejected: list[Rejected] = []
+    # Ranges as integers: ipaddress caches broadcast_address & co. on every network object it
+    # computes them for, which at thousands of peers is memory for nothing.
+    net_lo, net_hi = _span(network)
+    own_lo, own_hi = _span(own.subnet)
+    prot = [(_span(p), p) for p in protected]
     for le in leases:
         if le.subnet == own.subnet:
             continue
         if le.attrs.backend_type != BACKEND_TYPE:
             continue
         key = le.key_name
-        if not le.subnet.subnet_of(network):
+        lo, hi = _span(le.subnet)
+        if not (net_lo <= lo and hi <= net_hi):
             rejected.append(Rejected(key, f"subnet {le.subnet} is outside the Network {network}"))
             continue
-        if le.subnet.overlaps(own.subnet):
+        if lo <= own_hi and own_lo <= hi:
             rejected.append(Rejected(key, f"subnet {le.subnet} overlaps our own subnet {own.subnet}"))
             continue
-        bad = next((p for p in protected if le.subnet.overlaps(p)), None)
+        bad = next((p for (plo, phi), p in prot if lo <= phi and plo <= hi), None)
         if bad is not None:
             rejected.append(Rejected(key, f"subnet {le.subnet} overlaps the node network {bad}"))
             continue
@@ -179,9 +185,16 @@ def _first_of_overlapping(peers: list[Peer], rejected: list[Rejected]) -> list[P
             rejected.append(Rejected(p.lease.key_name, f"subnet {sn} overlaps peer {last.lease.subnet}"))
             continue
         kept.append(p)
-        if int(sn.broadcast_address) > reach:
-            reach, last = int(sn.broadcast_address), p
+        end = _span(sn)[1]
+        if end > reach:
+            reach, last = end, p
     return kept
+
+
+def _span(net: IPv4Network) -> tuple[int, int]:
+    """First and last address of ``net`` as integers."""
+    lo = int(net.network_address)
+    return lo, lo + (1 << (32 - net.prefixlen)) - 1
 
 
 def _overlapping_aligned(
@@ -195,8 +208,9 @@ def _overlapping_aligned(
     if sn.prefixlen > length:
         sup = sn.supernet(new_prefix=length)
         return sup if sup in taken else None
-    i = bisect.bisect_left(starts, int(sn.network_address))
-    if i < len(starts) and starts[i] <= int(sn.broadcast_address):
+    lo, hi = _span(sn)
+    i = bisect.bisect_left(starts, lo)
+    if i < len(starts) and starts[i] <= hi:
         return IPv4Network((starts[i], length))
     return None
 
