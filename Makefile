@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := etcd-server etcd-client iproute2 iptables iputils-ping iperf3 \
             containernetworking-plugins python3 python3-venv procps kmod openssl tcpdump
 
-.PHONY: setup apt venv test test-unit test-integration test-netns lint demo demo-down bench clean
+.PHONY: setup apt venv test test-unit test-integration test-netns test-faults lint demo demo-down bench clean
 
 setup: apt venv
 
@@ -29,8 +29,12 @@ lint: venv
 	$(VENV)/bin/ruff check pyflannel tests bench
 	$(VENV)/bin/mypy
 
+# The fault tier appends one row per scenario to $(FAULT_REPORT); pytest prints them as a table at the end.
+FAULT_REPORT := $(CURDIR)/.fault-report.jsonl
+
 test: setup lint
-	$(VENV)/bin/pytest -ra tests
+	rm -f $(FAULT_REPORT)
+	PYFLANNEL_FAULT_REPORT=$(FAULT_REPORT) $(VENV)/bin/pytest -ra tests
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
@@ -40,6 +44,10 @@ test-integration: setup
 
 test-netns: setup
 	$(VENV)/bin/pytest -q tests/netns
+
+test-faults: setup
+	rm -f $(FAULT_REPORT)
+	PYFLANNEL_FAULT_REPORT=$(FAULT_REPORT) $(VENV)/bin/pytest -q tests/faults
 
 demo: setup
 	$(PY) -m pyflannel.testbed.demo up

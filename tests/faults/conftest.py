@@ -347,3 +347,20 @@ def bad_route_lines(lines: Sequence[str], own: IPv4Network, protected: Sequence[
         if dst.overlaps(own) or any(dst.overlaps(p) for p in protected):
             bad.append(line)
     return bad
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault scenarios' rows (peers, duration, pings, routes lost) at the end of the run."""
+    path = os.environ.get(REPORT_ENV)
+    if not path or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("fault scenarios")
+    tr.write_line(f"{'scenario':<70} {'peers':>5} {'secs':>6} {'pings':>6} {'lost':>5} {'routes lost':>11}  result")
+    for r in rows:
+        tr.write_line(f"{r['scenario'][:70]:<70} {r['peers']:>5} {r['duration_s']:>6.1f} {r['pings_sent']:>6} "
+                      f"{r['pings_lost']:>5} {r['routes_lost']:>11}  {r['result']}")
