@@ -57,7 +57,13 @@ def vx(public_ip: str, mac: str = "0e:00:00:00:aa:01", **extra: object) -> str:
 
 
 def name_re(name: str) -> re.Pattern[str]:
-    """Lines naming a key by its last path element (not a longer key that contains it)."""
+    """Lines naming a key by its last path element (not a longer key that contains it).
+
+    The daemon logs a key longer than about 100 characters shortened, so such a name is matched on
+    its start.
+    """
+    if len(name) > 80:
+        return re.compile(r"(?<![\w.])" + re.escape(name[:60]))
     return re.compile(r"(?<![\w.])" + re.escape(name) + r"(?![\w])")
 
 

@@ -336,9 +336,8 @@ def test_choose_subnet_properties(sc: dict[str, Any]) -> None:
 
     if reusable:
         event("reuse own lease")
-        # Reuse of our own lease; a reservation of ours wins.
-        reserved_mine = [le for le in reusable if le.reserved]
-        expected = reserved_mine[0] if reserved_mine else reusable[0]
+        # Reuse of our own lease: a reservation of ours wins, then the lease we held before.
+        expected = sorted(reusable, key=lambda le: (not le.reserved, le.subnet != previous))[0]
         assert c.existing == expected
         assert c.subnet == expected.subnet
         return
