@@ -305,7 +305,10 @@ class Daemon:
     async def first_sync_and_notify(self) -> None:
         assert self.watcher is not None and self.reconciler is not None
         await self.watcher.synced.wait()
-        await self.reconciler.reconcile_once()
+        # Wake the loop and wait for its first complete pass, rather than running a pass of our own:
+        # a lease event may already have started one, and two full passes at start cost twice.
+        self.reconciler.trigger()
+        await self.reconciler.first_pass.wait()
         if sdnotify.notify("READY=1"):
             log.info("Notified systemd: READY=1")
         log.info("Running: lease %s, %d peers", self.keeper.lease.subnet if self.keeper and self.keeper.lease

@@ -73,6 +73,7 @@ class Reconciler:
         # Passes must not overlap: two concurrent observes would both plan the same ops.
         self._lock = asyncio.Lock()
         self._need_full = True
+        self.first_pass = asyncio.Event()  # set when a pass has completed (READY=1 waits for it)
 
     def trigger(self) -> None:
         self.wake.set()
@@ -161,6 +162,7 @@ class Reconciler:
         self.stats.installed_entries = len(desired.entries()) - len(failed)
         self.stats.netlink_errors += len(failed)
         self.stats.in_sync = not failed
+        self.first_pass.set()
         if failed:
             self._need_full = True  # e.g. ENODEV: the device may have gone
         if self.after_pass is not None:
