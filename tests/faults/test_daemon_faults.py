@@ -5,14 +5,10 @@ revoked by an operator, and 50 lease clients racing for a small network.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -29,29 +25,20 @@ from pyflannel.testbed.checks import (
     wait_converged,
     wait_for,
 )
-from pyflannel.testbed.cluster import Cluster, destroy_prefix, prefix_namespaces
+from pyflannel.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("etcd"):
-        pytest.skip("needs root, iproute2 and etcd (creates network namespaces)")
-    p = f"pfd{secrets.token_hex(2)}"
-    yield p
-    left = prefix_namespaces(p)
-    destroy_prefix(p)
-    assert not left, f"test left network namespaces behind: {left}"
 
 
 def total(state: dict[str, set[tuple[str, ...]]]) -> int:
     return sum(len(v) for v in state.values())
 
 
-def test_kill_9_mid_sync_of_5000_peers_converges_after_restart(prefix: str, tmp_path: Path) -> None:
+def test_kill_9_mid_sync_of_5000_peers_converges_after_restart(netns_prefix: str, tmp_path: Path) -> None:
     k = 5000
-    c = Cluster(prefix=prefix, nodes=1, workdir=tmp_path / "c")
+    c = Cluster(prefix=netns_prefix, nodes=1, workdir=tmp_path / "c")
     c.up()
     try:
         c.start_etcd()
@@ -90,8 +77,8 @@ def test_kill_9_mid_sync_of_5000_peers_converges_after_restart(prefix: str, tmp_
         c.down()
 
 
-def test_own_lease_revoked_is_reacquired(prefix: str, tmp_path: Path) -> None:
-    c = start_cluster(prefix, tmp_path / "c")
+def test_own_lease_revoked_is_reacquired(netns_prefix: str, tmp_path: Path) -> None:
+    c = start_cluster(netns_prefix, tmp_path / "c")
     try:
         for n in c.nodes:
             c.add_pods(n, 1)
@@ -147,8 +134,8 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
 
-def test_fifty_clients_at_once_on_a_small_network(prefix: str, tmp_path: Path) -> None:
-    c = Cluster(prefix=prefix, nodes=1, workdir=tmp_path / "c")
+def test_fifty_clients_at_once_on_a_small_network(netns_prefix: str, tmp_path: Path) -> None:
+    c = Cluster(prefix=netns_prefix, nodes=1, workdir=tmp_path / "c")
     c.up()
     try:
         c.start_etcd()

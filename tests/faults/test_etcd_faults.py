@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -28,22 +25,13 @@ from pyflannel.testbed.checks import (
     wait_converged,
     wait_for,
 )
-from pyflannel.testbed.cluster import Cluster, destroy_prefix, prefix_namespaces
+from pyflannel.testbed.cluster import Cluster
 from pyflannel.testbed.etcd import start_cluster as start_etcd_cluster
 
 pytestmark = pytest.mark.root
 OUTAGE = float(os.environ.get("PYFLANNEL_ETCD_OUTAGE", "60"))
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("etcd"):
-        pytest.skip("needs root, iproute2 and etcd (creates network namespaces)")
-    p = f"pfe{secrets.token_hex(2)}"
-    yield p
-    left = prefix_namespaces(p)
-    destroy_prefix(p)
-    assert not left, f"test left network namespaces behind: {left}"
 
 
 def entries(state: dict[str, set[tuple[str, ...]]]) -> set[tuple[str, ...]]:
@@ -68,8 +56,8 @@ def del_peers(c: Cluster, subnets: list[IPv4Network], endpoints: list[str] | Non
     etcd_py(c, f"for k in {keys!r}:\n    await c.delete(k)", endpoints=endpoints)
 
 
-def test_all_etcd_down_keeps_data_plane_and_catches_up(prefix: str, tmp_path: Path) -> None:
-    c = start_cluster(prefix, tmp_path / "c")
+def test_all_etcd_down_keeps_data_plane_and_catches_up(netns_prefix: str, tmp_path: Path) -> None:
+    c = start_cluster(netns_prefix, tmp_path / "c")
     try:
         for n in c.nodes:
             c.add_pods(n, 1)
@@ -106,9 +94,9 @@ def test_all_etcd_down_keeps_data_plane_and_catches_up(prefix: str, tmp_path: Pa
         c.down()
 
 
-def _cluster_with_etcd_members(prefix: str, tmp_path: Path) -> tuple[Cluster, list[str], object]:
+def _cluster_with_etcd_members(netns_prefix: str, tmp_path: Path) -> tuple[Cluster, list[str], object]:
     """A 3-node cluster whose daemons talk to a 3-member etcd in the LAN namespace."""
-    c = Cluster(prefix=prefix, nodes=3, workdir=tmp_path / "c")
+    c = Cluster(prefix=netns_prefix, nodes=3, workdir=tmp_path / "c")
     c.up()
     try:
         members = start_etcd_cluster(tmp_path / "etcd", size=3, host="198.18.0.1", netns=c.lan_ns)
@@ -131,8 +119,8 @@ def _routes_have(c: Cluster, subnet: IPv4Network) -> bool:
     return all(str(subnet) in {r[0] for r in kernel(n.ns)["routes"]} for n in c.nodes)
 
 
-def test_member_in_use_killed_fails_over(prefix: str, tmp_path: Path) -> None:
-    c, eps, members = _cluster_with_etcd_members(prefix, tmp_path)
+def test_member_in_use_killed_fails_over(netns_prefix: str, tmp_path: Path) -> None:
+    c, eps, members = _cluster_with_etcd_members(netns_prefix, tmp_path)
     try:
         pids = [c.flanneld_process(n).pid for n in c.nodes]  # type: ignore[union-attr]
         t0 = time.monotonic()
@@ -150,8 +138,8 @@ def test_member_in_use_killed_fails_over(prefix: str, tmp_path: Path) -> None:
         c.down()
 
 
-def test_silent_partition_is_detected_and_survived(prefix: str, tmp_path: Path) -> None:
-    c, eps, members = _cluster_with_etcd_members(prefix, tmp_path)
+def test_silent_partition_is_detected_and_survived(netns_prefix: str, tmp_path: Path) -> None:
+    c, eps, members = _cluster_with_etcd_members(netns_prefix, tmp_path)
     try:
         for n in c.nodes:
             c.add_pods(n, 1)
@@ -183,8 +171,8 @@ def test_silent_partition_is_detected_and_survived(prefix: str, tmp_path: Path) 
         c.down()
 
 
-def test_compaction_and_defrag_lose_no_event(prefix: str, tmp_path: Path) -> None:
-    c = start_cluster(prefix, tmp_path / "c")
+def test_compaction_and_defrag_lose_no_event(netns_prefix: str, tmp_path: Path) -> None:
+    c = start_cluster(netns_prefix, tmp_path / "c")
     try:
         n1 = c.nodes[0]
         subnets = free_subnets(c, 30)
