@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +32,6 @@ FLANNELCTL = Path(sys.executable).parent / "flannelctl"
 AUTH_USER = "flannel"
 AUTH_PASSWORD = "flannelpw"
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() installs its log handler on the root logger; give the next test the logging it had."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -20,15 +18,6 @@ from pyflannel.ctl.output import duration, table
 GOOD = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
 CFG = parse_config(GOOD)
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() installs its log handler on the root logger; give the next test the logging it had."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize(
