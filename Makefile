@@ -50,13 +50,13 @@ test-faults: setup
 	PYFLANNEL_FAULT_REPORT=$(FAULT_REPORT) $(VENV)/bin/pytest -q tests/faults
 
 demo: setup
-	$(PY) -m pyflannel.testbed.demo up
+	PYTHONPATH=tests $(PY) -m support.demo up
 
 demo-down: venv
-	$(PY) -m pyflannel.testbed.demo down
+	PYTHONPATH=tests $(PY) -m support.demo down
 
 bench: setup
-	$(PY) -m bench.run
+	PYTHONPATH=tests $(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

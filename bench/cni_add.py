@@ -12,7 +12,7 @@ What is measured (wall time of one process, start to exit, as the runtime sees i
 * ``flannel start-up``: the console script with no CNI_COMMAND (prints its version and exits): the floor
   that interpreter start-up and imports set.
 
-Set-up: a 1-node netns test bed (``pyflannel.testbed.cluster``, no etcd/flanneld) with a hand-written
+Set-up: a 1-node netns test bed (``support.cluster``, no etcd/flanneld) with a hand-written
 subnet.env (100.64.7.1/24), one pod namespace reused by every iteration.  The timing loop runs in a child
 process inside the node namespace, so ``ip netns exec`` is not part of any figure.  ADD and DEL alternate
 (only ADD is timed), flannel and bridge iterations are interleaved so drift affects both alike.  host-local
@@ -113,7 +113,7 @@ def plugins_version() -> str:
 
 def outer(args: argparse.Namespace) -> dict[str, Any]:
     from pyflannel.core import cni_conf
-    from pyflannel.testbed.cluster import Cluster, destroy_prefix
+    from support.cluster import Cluster, destroy_prefix
 
     if os.geteuid() != 0:
         raise SystemExit("bench/cni_add.py needs root (it creates network namespaces)")

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyflannel.testbed.checks import synthetic_leases
-from pyflannel.testbed.cluster import Cluster, Node
+from support.checks import synthetic_leases
+from support.cluster import Cluster, Node
 
 __all__ = ["synthetic_leases"]
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from bench.common import new_cluster, report
-from pyflannel.testbed.checks import DEFAULT_CONFIG, wait_converged
+from support.checks import DEFAULT_CONFIG, wait_converged
 
 
 def iperf(c, server_ns: str, client_ns: str, dst: str, seconds: int) -> float:  # type: ignore[no-untyped-def]

@@ -40,11 +40,11 @@ from typing import Any
 
 import pytest
 
-from pyflannel.testbed import checks
-from pyflannel.testbed.checks import etcd_py, kernel, own_subnet, wait_for
+from support import checks
+from support.checks import etcd_py, kernel, own_subnet, wait_for
 
 __all__ = ["etcd_py", "kernel", "own_subnet", "wait_for"]  # re-exported for the fault tests
-from pyflannel.testbed.cluster import (
+from support.cluster import (
     ETCD_ENDPOINT,
     Cluster,
     Node,
@@ -224,7 +224,7 @@ def expected(c: Cluster, node: Node, ls: dict[str, str] | None = None) -> dict[s
 
 def start_cluster(prefix: str, workdir: Path, nodes: int = 3, extra_args: Sequence[str] = (),
                   config: str | None = CONFIG) -> Cluster:
-    """A running cluster (see pyflannel.testbed.checks.start_cluster); ``config=None`` starts flanneld
+    """A running cluster (see support.checks.start_cluster); ``config=None`` starts flanneld
     with no network config in etcd and does not wait for it."""
     return checks.start_cluster(prefix, workdir, nodes, tuple(extra_args), config)
 

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from pyflannel.core.backends.vxlan import select_peers
 from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
-from pyflannel.testbed.cluster import Cluster, Node
+from support.cluster import Cluster, Node
 
 from .conftest import (
     LAN,

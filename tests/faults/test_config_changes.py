@@ -14,7 +14,7 @@ from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
 
-from pyflannel.testbed.cluster import Cluster
+from support.cluster import Cluster
 
 from .conftest import (
     CONFIG,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.testbed.checks import (
+from support.checks import (
     Pinger,
     etcd_py,
     kernel,
@@ -25,7 +25,7 @@ from pyflannel.testbed.checks import (
     wait_converged,
     wait_for,
 )
-from pyflannel.testbed.cluster import Cluster
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.root
 

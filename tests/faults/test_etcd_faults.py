@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.testbed.checks import (
+from support.checks import (
     Pinger,
     etcd_py,
     kernel,
@@ -25,8 +25,8 @@ from pyflannel.testbed.checks import (
     wait_converged,
     wait_for,
 )
-from pyflannel.testbed.cluster import Cluster
-from pyflannel.testbed.etcd import start_cluster as start_etcd_cluster
+from support.cluster import Cluster
+from support.etcd import start_cluster as start_etcd_cluster
 
 pytestmark = pytest.mark.root
 OUTAGE = float(os.environ.get("PYFLANNEL_ETCD_OUTAGE", "60"))

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 import pyflannel
-from pyflannel.testbed.cluster import ETCD_CLIENT_PORT, LAN_GATEWAY, Cluster, Node, child_env, log_tail
-from pyflannel.testbed.etcd import etcdctl as etcdctl_tls
-from pyflannel.testbed.etcd import make_other_ca, make_tls, start_etcd
+from support.cluster import ETCD_CLIENT_PORT, LAN_GATEWAY, Cluster, Node, child_env, log_tail
+from support.etcd import etcdctl as etcdctl_tls
+from support.etcd import make_other_ca, make_tls, start_etcd
 
 from .conftest import (
     CONFIG,

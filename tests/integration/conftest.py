@@ -1,4 +1,4 @@
-"""Fixtures that run real etcd servers (see pyflannel.testbed.etcd) for the integration tests.
+"""Fixtures that run real etcd servers (see support.etcd) for the integration tests.
 
 Every fixture starts its own server(s) under the test's tmp_path and stops them at teardown, also when
 the test fails, so no etcd process outlives the test that needed it.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.testbed.etcd import (
+from support.etcd import (
     EtcdCluster,
     EtcdServer,
     TLSFiles,

@@ -22,7 +22,7 @@ from pyflannel.adapters.etcd import EtcdClient
 from pyflannel.adapters.registry import SubnetRegistry
 from pyflannel.cli.flannelctl import main
 from pyflannel.core.lease import LeaseAttrs, VxlanData
-from pyflannel.testbed.etcd import EtcdServer, TLSFiles, etcdctl, put_v2, start_etcd
+from support.etcd import EtcdServer, TLSFiles, etcdctl, put_v2, start_etcd
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"

@@ -18,7 +18,7 @@ from pyflannel.core.errors import ConfigError, OutOfSubnets
 from pyflannel.core.lease import LeaseAttrs, VxlanData
 from pyflannel.daemon.lease_keeper import LeaseKeeper
 from pyflannel.daemon.watcher import LeaseWatcher
-from pyflannel.testbed.etcd import EtcdServer, etcdctl, put_v2, start_etcd
+from support.etcd import EtcdServer, etcdctl, put_v2, start_etcd
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"
@@ -307,7 +307,7 @@ def test_config_events_come_through_the_same_watch(etcd: EtcdServer) -> None:
 
 def test_tls_with_client_certs(etcd_tls: Any, tmp_path: Any) -> None:
     from pyflannel.adapters.etcd import TLSConfig
-    from pyflannel.testbed.etcd import make_other_ca
+    from support.etcd import make_other_ca
 
     server, tls = etcd_tls
     good = TLSConfig(str(tls.ca), str(tls.client_cert), str(tls.client_key))

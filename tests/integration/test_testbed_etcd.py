@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.testbed.etcd import (
+from support.etcd import (
     EtcdCluster,
     EtcdServer,
     TLSFiles,

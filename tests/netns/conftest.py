@@ -1,6 +1,6 @@
 """Fixtures for the root-only tier: every test gets its own namespace prefix and must leave no namespace behind.
 
-The tests here build real network namespaces with :mod:`pyflannel.testbed.cluster`.  They need root and
+The tests here build real network namespaces with :mod:`support.cluster`.  They need root and
 iproute2; without them they are skipped (with the reason), never failed.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.testbed.cluster import Cluster, destroy_prefix, prefix_namespaces
+from support.cluster import Cluster, destroy_prefix, prefix_namespaces
 
 ROOT_OK = os.geteuid() == 0 and shutil.which("ip") is not None
 SKIP_REASON = "needs root and iproute2's `ip` (creates network namespaces)"

@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from pyflannel.testbed.checks import wait_for
-from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
+from support.checks import wait_for
+from support.cluster import Cluster, Node, destroy_prefix
 
 pytestmark = pytest.mark.root
 

@@ -24,8 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
 
-from pyflannel.testbed.checks import wait_for
-from pyflannel.testbed.cluster import Cluster, Node, destroy_prefix
+from support.checks import wait_for
+from support.cluster import Cluster, Node, destroy_prefix
 
 pytestmark = pytest.mark.root
 CONFIG = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'

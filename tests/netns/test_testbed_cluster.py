@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
-from pyflannel.testbed.cluster import (
+from support.cluster import (
     Cluster,
     ClusterError,
     Node,
@@ -298,7 +298,7 @@ def test_wait_subnet_env_reports_a_crashed_flanneld(make_cluster: Callable[..., 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("etcd") is None or shutil.which("etcdctl") is None, reason="needs etcd + etcdctl")
 def test_etcd_in_the_lan_namespace(make_cluster: Callable[..., Cluster]) -> None:
-    pytest.importorskip("pyflannel.testbed.etcd")
+    pytest.importorskip("support.etcd")
     c = make_cluster(nodes=2)
     server = c.start_etcd()
     assert server.client_url == "http://198.18.0.1:2379"

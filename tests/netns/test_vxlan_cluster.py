@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from pyflannel.testbed.checks import (
+from support.checks import (
     etcd_py,
     expected,
     kernel,
@@ -30,7 +30,7 @@ from pyflannel.testbed.checks import (
     wait_converged,
     wait_for,
 )
-from pyflannel.testbed.cluster import Cluster, destroy_prefix
+from support.cluster import Cluster, destroy_prefix
 
 pytestmark = pytest.mark.root
 LEASE_RE = re.compile(

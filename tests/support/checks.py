@@ -17,7 +17,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from pyflannel.testbed.cluster import Cluster, Node
+from support.cluster import Cluster, Node
 
 DEFAULT_CONFIG = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'
 KernelState = dict[str, set[tuple[str, ...]]]
@@ -162,7 +162,7 @@ class Pinger:
     def __init__(self, ns: str, dst: str, interval: float = 0.2) -> None:
         import subprocess
 
-        from pyflannel.testbed.cluster import check_destination
+        from support.cluster import check_destination
 
         check_destination(dst)
         self.proc = subprocess.Popen(

@@ -1,12 +1,12 @@
 """``make demo``: a 3-node pyflannel cluster in network namespaces, pods pinging each other over vxlan.
 
-    python -m pyflannel.testbed.demo up       build it, prove pod-to-pod traffic works, leave it running
-    python -m pyflannel.testbed.demo status   show nodes, leases and peer routes of the running demo
-    python -m pyflannel.testbed.demo down     remove it (idempotent)
+    python -m support.demo up       build it, prove pod-to-pod traffic works, leave it running
+    python -m support.demo status   show nodes, leases and peer routes of the running demo
+    python -m support.demo down     remove it (idempotent)
 
 It is the newcomer's first command, so it must either show a working overlay or fail with one clear
 message and leave nothing behind: every step runs inside the namespaces of
-:class:`pyflannel.testbed.cluster.Cluster` (prefix ``pfldemo``), and any failure tears all of them down.
+:class:`support.cluster.Cluster` (prefix ``pfldemo``), and any failure tears all of them down.
 Logs are kept in /run/pyflannel-demo until ``make demo-down``.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pyflannel.testbed.cluster import Cluster, ClusterError, Node, Pod, destroy_prefix, netns_pids
+from support.cluster import Cluster, ClusterError, Node, Pod, destroy_prefix, netns_pids
 
 PREFIX = "pfldemo"
 WORKDIR = Path("/run/pyflannel-demo")
@@ -259,7 +259,7 @@ def cmd_down() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyflannel.testbed.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m support.demo", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
     return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command]()

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from pyroute2 import IPRoute, netns
 
 if TYPE_CHECKING:
-    from pyflannel.testbed.etcd import EtcdServer
+    from support.etcd import EtcdServer
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class Cluster:
             # Not rolled back: they are not ours (another running cluster, or a crashed run's leftovers).
             raise ClusterError(
                 f"namespaces {leftovers} already exist; remove them first "
-                f"(pyflannel.testbed.cluster.destroy_prefix({self.prefix!r}))"
+                f"(support.cluster.destroy_prefix({self.prefix!r}))"
             )
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -517,7 +517,7 @@ class Cluster:
 
     def start_etcd(self, timeout: float = 30.0) -> EtcdServer:
         """Start etcd in the LAN namespace on :data:`ETCD_ENDPOINT` and wait until it answers."""
-        from pyflannel.testbed.etcd import start_etcd  # written separately; imported only when needed
+        from support.etcd import start_etcd  # written separately; imported only when needed
 
         if self.etcd is not None:
             return self.etcd
@@ -545,12 +545,12 @@ class Cluster:
     def detach(self) -> None:
         """Let etcd and flanneld outlive this Python process (``demo up`` leaves the cluster running).
 
-        ``pyflannel.testbed.etcd`` kills the servers it started at interpreter exit, which is right for
+        ``support.etcd`` kills the servers it started at interpreter exit, which is right for
         tests but not for the demo; :meth:`down` (or :func:`destroy_prefix`) still finds and stops them.
         """
         if self.etcd is None:
             return
-        from pyflannel.testbed import etcd as etcd_module
+        from support import etcd as etcd_module
 
         live = getattr(etcd_module, "_live", None)  # its at-exit kill list; no public switch exists yet
         if live is not None:
