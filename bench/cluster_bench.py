@@ -14,9 +14,9 @@ import urllib.request
 from ipaddress import IPv4Network
 
 from pyroute2 import IPRoute
+from support.cluster import Cluster, Node
 
 from bench.common import in_lan, log_size, new_cluster, report, reset_node, summary, wait_log
-from support.cluster import Cluster, Node
 
 CONFIG = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'
 

@@ -112,8 +112,9 @@ def plugins_version() -> str:
 
 
 def outer(args: argparse.Namespace) -> dict[str, Any]:
-    from pyflannel.core import cni_conf
     from support.cluster import Cluster, destroy_prefix
+
+    from pyflannel.core import cni_conf
 
     if os.geteuid() != 0:
         raise SystemExit("bench/cni_add.py needs root (it creates network namespaces)")

@@ -12,8 +12,9 @@ import statistics
 import subprocess
 import time
 
-from bench.common import new_cluster, report
 from support.checks import DEFAULT_CONFIG, wait_converged
+
+from bench.common import new_cluster, report
 
 
 def iperf(c, server_ns: str, client_ns: str, dst: str, seconds: int) -> float:  # type: ignore[no-untyped-def]

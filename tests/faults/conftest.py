@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support import checks
 from support.checks import etcd_py, kernel, own_subnet, wait_for
 

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2 import IPRoute
+from support.cluster import Cluster, Node
 
 from pyflannel.core.backends.vxlan import select_peers
 from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
-from support.cluster import Cluster, Node
 
 from .conftest import (
     LAN,

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
-
 from support.cluster import Cluster
 
 from .conftest import (

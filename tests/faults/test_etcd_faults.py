@@ -12,7 +12,6 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
-
 from support.checks import (
     Pinger,
     etcd_py,

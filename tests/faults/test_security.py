@@ -21,11 +21,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-
-import pyflannel
 from support.cluster import ETCD_CLIENT_PORT, LAN_GATEWAY, Cluster, Node, child_env, log_tail
 from support.etcd import etcdctl as etcdctl_tls
 from support.etcd import make_other_ca, make_tls, start_etcd
+
+import pyflannel
 
 from .conftest import (
     CONFIG,

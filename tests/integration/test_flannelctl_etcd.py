@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from support.etcd import EtcdServer, TLSFiles, etcdctl, put_v2, start_etcd
 
 from pyflannel.adapters.etcd import EtcdClient
 from pyflannel.adapters.registry import SubnetRegistry
 from pyflannel.cli.flannelctl import main
 from pyflannel.core.lease import LeaseAttrs, VxlanData
-from support.etcd import EtcdServer, TLSFiles, etcdctl, put_v2, start_etcd
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"

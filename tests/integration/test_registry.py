@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 import pytest
+from support.etcd import EtcdServer, etcdctl, put_v2, start_etcd
 
 from pyflannel.adapters.etcd import Compacted, EtcdClient, EtcdError, _b64
 from pyflannel.adapters.registry import ConfigEvent, ConfigNotFound, LeaseEvent, SubnetRegistry
@@ -18,7 +19,6 @@ from pyflannel.core.errors import ConfigError, OutOfSubnets
 from pyflannel.core.lease import LeaseAttrs, VxlanData
 from pyflannel.daemon.lease_keeper import LeaseKeeper
 from pyflannel.daemon.watcher import LeaseWatcher
-from support.etcd import EtcdServer, etcdctl, put_v2, start_etcd
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"
@@ -306,8 +306,9 @@ def test_config_events_come_through_the_same_watch(etcd: EtcdServer) -> None:
 
 
 def test_tls_with_client_certs(etcd_tls: Any, tmp_path: Any) -> None:
-    from pyflannel.adapters.etcd import TLSConfig
     from support.etcd import make_other_ca
+
+    from pyflannel.adapters.etcd import TLSConfig
 
     server, tls = etcd_tls
     good = TLSConfig(str(tls.ca), str(tls.client_cert), str(tls.client_key))

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from support.cluster import Cluster, destroy_prefix, prefix_namespaces
 
 ROOT_OK = os.geteuid() == 0 and shutil.which("ip") is not None

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.checks import wait_for
 from support.cluster import Cluster, Node, destroy_prefix
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
-
 from support.checks import wait_for
 from support.cluster import Cluster, Node, destroy_prefix
 

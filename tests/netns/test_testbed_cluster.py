@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute, netns
-
 from support.cluster import (
     Cluster,
     ClusterError,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
-
 from support.checks import (
     etcd_py,
     expected,
