@@ -86,9 +86,11 @@ def encode(op: Op, seq: int, indexes: dict[str, int]) -> bytes:
         body = _NDMSG.pack(AF_INET, idx, NUD_PERMANENT, 0, 0)
         body += _attr(NDA_DST, e.ip.packed) + _attr(NDA_LLADDR, _mac(e.mac))
         return _msg(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, seq, body)
-    body = _NDMSG.pack(AF_BRIDGE, idx, NUD_PERMANENT, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, _mac(e.mac)) + _attr(NDA_DST, e.dst.packed)
-    return _msg(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, seq, body)
+    if isinstance(e, Fdb):
+        body = _NDMSG.pack(AF_BRIDGE, idx, NUD_PERMANENT, NTF_SELF, 0)
+        body += _attr(NDA_LLADDR, _mac(e.mac)) + _attr(NDA_DST, e.dst.packed)
+        return _msg(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, seq, body)
+    raise TypeError(f"no rtnetlink encoding for {type(e).__name__}")
 
 
 def _messages(data: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
@@ -147,7 +149,7 @@ class BulkNetlink:
                 seq = self._next_seq()
                 try:
                     msg = encode(ops[i], seq, indexes)
-                except (KeyError, ValueError) as exc:
+                except (KeyError, ValueError, TypeError) as exc:
                     failed.append((ops[i], f"cannot encode: {exc}"))
                     i += 1
                     continue

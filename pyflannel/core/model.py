@@ -9,20 +9,23 @@ delete (deleting a neighbour by IP after replacing it would remove the new one).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True, order=True, slots=True)
 class Route:
     """``ip route replace <dst> via <via> dev <dev> [onlink]`` in the main table."""
 
-    dst: IPv4Network
-    via: IPv4Address
+    dst: IPNetwork
+    via: IPAddress
     dev: str
     onlink: bool = False
 
     @property
-    def ident(self) -> tuple[str, IPv4Network]:
+    def ident(self) -> tuple[str, IPNetwork]:
         return ("route", self.dst)
 
 
@@ -30,12 +33,12 @@ class Route:
 class Neigh:
     """A permanent neighbour (ARP) entry: the peer VTEP's address -> its VtepMAC."""
 
-    ip: IPv4Address
+    ip: IPAddress
     mac: str
     dev: str
 
     @property
-    def ident(self) -> tuple[str, str, IPv4Address]:
+    def ident(self) -> tuple[str, str, IPAddress]:
         return ("neigh", self.dev, self.ip)
 
 
@@ -44,7 +47,7 @@ class Fdb:
     """A permanent ``self`` FDB entry on the VXLAN device: VtepMAC -> the peer's PublicIP."""
 
     mac: str
-    dst: IPv4Address
+    dst: IPAddress
     dev: str
 
     @property
@@ -52,7 +55,27 @@ class Fdb:
         return ("fdb", self.dev, self.mac)
 
 
-Entry = Route | Neigh | Fdb
+@dataclass(frozen=True, order=True, slots=True)
+class WgPeer:
+    """A WireGuard peer on ``dev``: its key, endpoint, AllowedIPs (its subnets) and keepalive.
+
+    Applied through the WireGuard configuration interface (kernel genetlink or wireguard-go's
+    UAPI socket), not rtnetlink; keyed by public key as WireGuard itself keys peers.
+    """
+
+    public_key: str
+    endpoint: str  # "ip:port" ("[v6]:port" for IPv6)
+    allowed_ips: tuple[str, ...]
+    dev: str
+    keepalive: int = 0
+    psk: str = ""
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return ("wgpeer", self.dev, self.public_key)
+
+
+Entry = Route | Neigh | Fdb | WgPeer
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from pyflannel.core.model import Entry, Fdb, Neigh, PeerState, Route
+from pyflannel.core.model import Entry, Fdb, Neigh, PeerState, Route, WgPeer
 
 Action = Literal["replace", "delete"]
 
@@ -31,14 +31,32 @@ def describe(e: Entry) -> str:
         return f"route {e.dst} via {e.via} dev {e.dev}{' onlink' if e.onlink else ''}"
     if isinstance(e, Neigh):
         return f"neigh {e.ip} lladdr {e.mac} dev {e.dev}"
-    return f"fdb {e.mac} dst {e.dst} dev {e.dev}"
+    if isinstance(e, Fdb):
+        return f"fdb {e.mac} dst {e.dst} dev {e.dev}"
+    if isinstance(e, WgPeer):
+        return f"wireguard peer {e.public_key} endpoint {e.endpoint} allowed-ips {','.join(e.allowed_ips)} dev {e.dev}"
+    raise TypeError(f"unknown data-plane entry type {type(e).__name__}")
+
+
+# Position of each (action, type) in a plan. Peers (WireGuard) and neighbours/FDB entries go in
+# before the routes that need them and come out after the routes that used them.
+_RANKS: dict[tuple[str, type], int] = {
+    ("delete", Route): 0,
+    ("replace", Neigh): 1,
+    ("replace", Fdb): 2,
+    ("replace", WgPeer): 2,
+    ("delete", Fdb): 3,
+    ("delete", Neigh): 4,
+    ("delete", WgPeer): 4,
+    ("replace", Route): 5,
+}
 
 
 def _rank(op: Op) -> int:
-    e = op.entry
-    if op.action == "delete":
-        return 0 if isinstance(e, Route) else (3 if isinstance(e, Fdb) else 4)
-    return 5 if isinstance(e, Route) else (1 if isinstance(e, Neigh) else 2)
+    try:
+        return _RANKS[(op.action, type(op.entry))]
+    except KeyError:
+        raise TypeError(f"unknown data-plane entry type {type(op.entry).__name__}") from None
 
 
 def plan(desired: PeerState, actual: PeerState) -> list[Op]:
