@@ -242,3 +242,23 @@ def desired_state(
 def mtu_for(uplink_mtu: int, opts: VxlanOptions) -> int:
     """FLANNEL_MTU: (Backend MTU or uplink MTU) minus the 50-byte VXLAN/IPv4 overhead."""
     return (opts.mtu or uplink_mtu) - 50
+
+
+def peer_entries(
+    lease: Lease,
+    device: str,
+    direct_routing: bool = False,
+    uplink: str = "",
+    onlink_networks: Sequence[IPv4Network] = (),
+) -> tuple[tuple[Route | Neigh | Fdb, ...], str]:
+    """One peer's entries (as :func:`desired_state` builds them), or the reason its lease is unusable."""
+    try:
+        mac = lease.attrs.vxlan_data().vtep_mac
+    except LeaseFormatError as e:
+        return (), str(e)
+    sn = lease.subnet
+    pub: IPv4Address = lease.attrs.public_ip
+    if direct_routing and uplink and any(pub in n for n in onlink_networks):
+        return (Route(sn, pub, uplink, onlink=False),), ""
+    vtep = sn.network_address
+    return (Neigh(vtep, mac, device), Fdb(mac, pub, device), Route(sn, vtep, device, onlink=True)), ""

@@ -1,0 +1,302 @@
+"""The peer table: every lease by key, which of them can be routed, and what each one calls for.
+
+The reconciler used to recompute this from all leases on every wake-up, which made one lease
+event cost O(cluster). Here each event updates one entry and re-judges only the leases it can
+affect, so a put or delete costs O(log n) plus the few leases that overlap it.
+
+Which leases are routed (the rule is order-free, so it can be decided per lease):
+
+* per lease, without looking at others: inside the Network, not over our own subnet, not over
+  a prefix of the node's LAN, a unicast PublicIP that is not ours, the same BackendType as ours
+  (others are foreign, skipped silently), and BackendData the backend can use;
+* among the leases that pass, two that overlap cannot both be routed. A lease is routed when no
+  overlapping lease has priority over it. Priority: node-sized leases (the config's SubnetLen)
+  first, then lower network address, then shorter prefix, then key. Every node's lease has the
+  node size, so a /23 that someone wrote over a node's /24 can never cut that node off.
+
+Two CIDR blocks overlap only if one contains the other, so the overlap index is a dict of
+blocks (for "who contains me": at most one look-up per shorter prefix length) plus a sorted
+list of block starts (for "whom do I contain": one bisect).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+
+from pyflannel.core.lease import Lease
+from pyflannel.core.model import Entry
+
+Net = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one lease gets: entries when routed, else the reason (empty for a silently skipped one)."""
+
+    entries: tuple[Entry, ...] = ()
+    rejected: str = ""
+
+    @property
+    def routed(self) -> bool:
+        return not self.rejected and bool(self.entries)
+
+
+SKIPPED = Verdict()
+# (entries, rejected reason) for one lease that passed the table's own checks.
+EntriesFor = Callable[[Lease], tuple[tuple[Entry, ...], str]]
+
+
+def _span(net: Net) -> tuple[int, int]:
+    lo = int(net.network_address)
+    return lo, lo + (1 << (net.max_prefixlen - net.prefixlen)) - 1
+
+
+class _BlockIndex:
+    """Candidate blocks of one address family, for overlap queries."""
+
+    __slots__ = ("bits", "blocks", "starts")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.blocks: dict[tuple[int, int], set[str]] = {}
+        self.starts: list[tuple[int, int, str]] = []  # (network int, prefixlen, key), sorted
+
+    def add(self, key: str, lo: int, plen: int) -> None:
+        self.blocks.setdefault((lo, plen), set()).add(key)
+        bisect.insort(self.starts, (lo, plen, key))
+
+    def remove(self, key: str, lo: int, plen: int) -> None:
+        keys = self.blocks.get((lo, plen))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.blocks[(lo, plen)]
+        i = bisect.bisect_left(self.starts, (lo, plen, key))
+        if i < len(self.starts) and self.starts[i] == (lo, plen, key):
+            del self.starts[i]
+
+    def overlapping(self, lo: int, plen: int) -> Iterable[str]:
+        """Keys of every block that overlaps (lo/plen), itself included."""
+        bits = self.bits
+        for p in range(plen + 1):  # blocks that contain it (same block included)
+            mask = ((1 << p) - 1) << (bits - p) if p else 0
+            keys = self.blocks.get((lo & mask, p))
+            if keys:
+                yield from keys
+        hi = lo + (1 << (bits - plen)) - 1
+        i = bisect.bisect_left(self.starts, (lo, plen + 1, ""))
+        starts = self.starts
+        while i < len(starts) and starts[i][0] <= hi:  # blocks inside it (longer prefixes)
+            if starts[i][1] > plen:
+                yield starts[i][2]
+            i += 1
+
+
+class PeerTable:
+    """Leases by key and the verdict of each; updated one event at a time.
+
+    ``entries_for`` is the backend's per-peer builder. ``own`` is our lease (never a peer).
+    """
+
+    def __init__(
+        self,
+        networks: Iterable[Net],
+        protected: Iterable[Net],
+        prefer_len: int,
+        backend_type: str,
+        entries_for: EntriesFor,
+        own: Lease | None = None,
+    ) -> None:
+        self.networks = tuple(networks)
+        self.protected = tuple(protected)
+        self.prefer_len = prefer_len
+        self.backend_type = backend_type
+        self.entries_for = entries_for
+        self.own = own
+        self.leases: dict[str, Lease] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        self._index = {4: _BlockIndex(32), 6: _BlockIndex(128)}
+        self._why: dict[str, str | None] = {}  # per key: None skipped, "" candidate, else why refused
+        # Keys that passed the per-lease checks, with what the backend built for them.
+        self._candidate: dict[str, tuple[Entry, ...]] = {}
+
+    # --- per-lease checks -------------------------------------------------------------------
+
+    def _subnets(self, le: Lease) -> list[Net]:
+        out: list[Net] = [le.subnet]
+        if le.subnet6 is not None:
+            out.append(le.subnet6)
+        return out
+
+    def _check(self, key: str, le: Lease) -> str | None:
+        """None: skip silently; "": passes (and is a candidate); else the reason it is refused."""
+        if self._is_own(key, le):
+            return None
+        why = self._own_checks(le)
+        if why != "":
+            return why
+        entries, reason = self.entries_for(le)
+        if reason:
+            return reason
+        self._candidate[key] = entries
+        return ""
+
+    def _own_checks(self, le: Lease) -> str | None:
+        if le.attrs.backend_type != self.backend_type:
+            return None
+        own = self.own
+        for sn in self._subnets(le):
+            fam = [n for n in self.networks if n.version == sn.version]
+            if fam and not any(sn.subnet_of(n) for n in fam):  # type: ignore[arg-type]
+                return f"subnet {sn} is outside the Network {fam[0]}"
+            if own is not None:
+                for mine in self._subnets(own):
+                    if mine.version == sn.version and mine.overlaps(sn):
+                        return f"subnet {sn} overlaps our own subnet {mine}"
+            bad = next((p for p in self.protected if p.version == sn.version and p.overlaps(sn)), None)
+            if bad is not None:
+                return f"subnet {sn} overlaps the node network {bad}"
+        pub = le.attrs.public_ip
+        if own is not None and pub == own.attrs.public_ip and int(pub) != 0:
+            return f"PublicIP {pub} is our own"
+        if le.subnet.version == 4 and (int(pub) == 0 or pub.is_multicast or pub.is_loopback):
+            if not (int(pub) == 0 and le.attrs.public_ipv6 is not None):
+                return f"PublicIP {pub} is not a unicast host address"
+        return ""
+
+    def _priority(self, key: str) -> tuple[int, int, int, str]:
+        sn = self.leases[key].subnet
+        return (0 if sn.prefixlen == self.prefer_len else 1, int(sn.network_address), sn.prefixlen, key)
+
+    # --- index ------------------------------------------------------------------------------
+
+    def _index_op(self, key: str, le: Lease, add: bool) -> None:
+        for sn in self._subnets(le):
+            lo, _ = _span(sn)
+            idx = self._index[sn.version]
+            if add:
+                idx.add(key, lo, sn.prefixlen)
+            else:
+                idx.remove(key, lo, sn.prefixlen)
+
+    def _overlapping(self, le: Lease) -> set[str]:
+        out: set[str] = set()
+        for sn in self._subnets(le):
+            lo, _ = _span(sn)
+            out.update(self._index[sn.version].overlapping(lo, sn.prefixlen))
+        return out
+
+    # --- updates ----------------------------------------------------------------------------
+
+    def put(self, key: str, lease: Lease) -> set[str]:
+        """Add or replace one lease; returns the keys whose verdict changed."""
+        old = self.leases.get(key)
+        if old is not None and old == lease:
+            return set()
+        affected = self._drop(key)
+        self.leases[key] = lease
+        why = self._check(key, lease)
+        self._why[key] = why
+        if why == "":
+            self._index_op(key, lease, True)
+            affected |= self._overlapping(lease)
+        affected.add(key)
+        return self._rejudge(affected)
+
+    def remove(self, key: str) -> set[str]:
+        """Forget one lease; returns the keys whose verdict changed (the removed one included)."""
+        if key not in self.leases:
+            return set()
+        affected = self._drop(key)
+        del self.leases[key]
+        self._why.pop(key, None)
+        changed = self._rejudge(affected - {key})
+        if self.verdicts.pop(key, SKIPPED) != SKIPPED:
+            changed.add(key)
+        return changed
+
+    def replace_all(self, leases: Iterable[tuple[str, Lease]]) -> set[str]:
+        """A resync: the whole set. Returns the keys whose verdict changed."""
+        new = dict(leases)
+        changed: set[str] = set()
+        for key in [k for k in self.leases if k not in new]:
+            changed |= self.remove(key)
+        for key, le in new.items():
+            changed |= self.put(key, le)
+        return changed
+
+    def set_own(self, own: Lease | None) -> set[str]:
+        """Our lease changed: every verdict is judged again. Returns the keys that changed."""
+        self.own = own
+        leases = list(self.leases.items())
+        self.leases.clear()
+        self._candidate.clear()
+        self._index = {4: _BlockIndex(32), 6: _BlockIndex(128)}
+        before = self.verdicts
+        self.verdicts = {}
+        self._why.clear()
+        for key, le in leases:
+            self.leases[key] = le
+            self._why[key] = why = self._check(key, le)
+            if why == "":
+                self._index_op(key, le, True)
+        self._rejudge(set(self.leases))
+        keys = before.keys() | self.verdicts.keys()
+        return {k for k in keys if before.get(k, SKIPPED) != self.verdicts.get(k, SKIPPED)}
+
+    def _is_own(self, key: str, le: Lease) -> bool:
+        return self.own is not None and le.subnet == self.own.subnet and le.subnet6 == self.own.subnet6
+
+    def _drop(self, key: str) -> set[str]:
+        """Take ``key`` out of the index; returns the keys that overlapped it."""
+        old = self.leases.get(key)
+        if old is None or key not in self._candidate:
+            return set()
+        del self._candidate[key]
+        self._index_op(key, old, False)
+        return self._overlapping(old)
+
+    def _rejudge(self, keys: set[str]) -> set[str]:
+        changed: set[str] = set()
+        for key in keys:
+            le = self.leases.get(key)
+            if le is None:
+                continue
+            v = self._judge(key, le)
+            if self.verdicts.get(key, SKIPPED) != v:
+                changed.add(key)
+            if v == SKIPPED:
+                self.verdicts.pop(key, None)
+            else:
+                self.verdicts[key] = v
+        return changed
+
+    def _judge(self, key: str, le: Lease) -> Verdict:
+        why = self._why.get(key)
+        if why is None:
+            return SKIPPED
+        if why:
+            return Verdict(rejected=why)
+        mine = self._priority(key)
+        for other in self._overlapping(le):
+            if other != key and other in self._candidate and self._priority(other) < mine:
+                return Verdict(rejected=f"subnet {le.subnet} overlaps peer {self.leases[other].subnet}")
+        return Verdict(self._candidate[key])
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def entries(self, key: str) -> tuple[Entry, ...]:
+        v = self.verdicts.get(key)
+        return v.entries if v is not None and not v.rejected else ()
+
+    def routed(self) -> Iterable[str]:
+        return (k for k, v in self.verdicts.items() if v.routed)
+
+    def rejected(self) -> Iterable[tuple[str, str]]:
+        return ((k, v.rejected) for k, v in self.verdicts.items() if v.rejected)
+
+    def all_entries(self) -> list[Entry]:
+        return [e for v in self.verdicts.values() if not v.rejected for e in v.entries]
