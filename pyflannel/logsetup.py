@@ -1,7 +1,9 @@
 """Log formats: klog-like text (flanneld's look) or one JSON object per line.
 
-``-v`` keeps flanneld's meaning: 0 logs what changed at INFO, 2 adds per-peer detail, 4 and
-above add DEBUG (netlink calls, plans, watch events).
+``-v`` keeps flanneld's meaning: 0 logs what changed at INFO; 2 adds per-peer detail (the
+loggers in ``PER_PEER_LOGGERS`` go to DEBUG: every lease added or removed, every kernel op of
+a large batch that INFO only sums up); 4 and above put everything at DEBUG (netlink calls,
+plans, start-up step timings).
 """
 
 from __future__ import annotations
@@ -39,12 +41,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(d)
 
 
+# Loggers whose DEBUG lines are per-peer detail; -v=2 turns them on (their names are kept stable).
+PER_PEER_LOGGERS = ("pyflannel.daemon.reconciler", "pyflannel.daemon.watcher")
+PER_PEER_VERBOSITY = 2
+DEBUG_VERBOSITY = 4
+
+
 def setup(fmt: str = "text", verbosity: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KlogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity >= 4 else logging.INFO)
+    root.setLevel(logging.DEBUG if verbosity >= DEBUG_VERBOSITY else logging.INFO)
+    for name in PER_PEER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= PER_PEER_VERBOSITY else logging.NOTSET)
     # pyroute2 and httpx are chatty at INFO/DEBUG and say nothing an operator needs.
     for name in ("pyroute2", "httpx", "httpcore", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
