@@ -36,12 +36,14 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("etcd-cafile", str, "", "SSL Certificate Authority file used to secure etcd communication"),
     FlagSpec("etcd-username", str, "", "username for BasicAuth to etcd"),
     FlagSpec("etcd-password", str, "", "password for BasicAuth to etcd", secret=True),
-    FlagSpec("kube-subnet-mgr", bool, False, "contact the Kubernetes API for subnet assignment (not supported)"),
-    FlagSpec("kube-api-url", str, "", "Kubernetes API server URL (kube mode, not supported)"),
-    FlagSpec("kubeconfig-file", str, "", "kubeconfig file location (kube mode, not supported)"),
-    FlagSpec("kube-annotation-prefix", str, "flannel.alpha.coreos.com", "Kubernetes annotation prefix"),
-    FlagSpec("net-config-path", str, "/etc/kube-flannel/net-conf.json", "path to the network configuration (kube)"),
-    FlagSpec("set-node-network-unavailable", bool, True, "set NodeNetworkUnavailable after start (kube)"),
+    FlagSpec("kube-subnet-mgr", bool, False, "contact the Kubernetes API for subnet assignment instead of etcd"),
+    FlagSpec("kube-api-url", str, "", "Kubernetes API server URL; not needed when running in a pod"),
+    FlagSpec("kubeconfig-file", str, "", "kubeconfig file location; not needed when running in a pod"),
+    FlagSpec("kube-annotation-prefix", str, "flannel.alpha.coreos.com",
+             'Kubernetes annotation prefix; may contain a single "/", otherwise one is appended'),
+    FlagSpec("net-config-path", str, "/etc/kube-flannel/net-conf.json",
+             "path to the network configuration file (kube)"),
+    FlagSpec("set-node-network-unavailable", bool, True, "set NodeNetworkUnavailable=False after ready (kube)"),
     FlagSpec("iface", list, [], "interface to use (IP or name) for inter-host communication; repeatable"),
     FlagSpec("iface-regex", list, [], "regex matching the first interface (IP or name) to use; repeatable"),
     FlagSpec("iface-can-reach", str, "", "detect the interface to use by the route to this IP"),
@@ -244,7 +246,11 @@ def validate(o: Options) -> None:
     if not o.etcd_prefix.startswith("/"):
         raise FlagError(f"-etcd-prefix must start with '/': {shorten(o.etcd_prefix)}")
     if o.kube_subnet_mgr:
-        raise FlagError("-kube-subnet-mgr: Kubernetes subnet manager is not supported by pyflannel yet; use etcd")
+        from pyflannel.core.kube import normalize_prefix
+
+        normalize_prefix(o.kube_annotation_prefix)  # raises FlagError naming the prefix
+        if o.kube_api_url:
+            check_kube_api_url(o.kube_api_url)
 
 
 _HOST_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?\Z",
@@ -287,6 +293,17 @@ def check_endpoint(ep: str) -> None:
             ok = bool(_HOST_RE.match(host))
     if not ok:
         raise FlagError(f"-etcd-endpoints: invalid endpoint {shorten(ep)} {want}")
+
+
+def check_kube_api_url(url: str) -> None:
+    """--kube-api-url must be ``http(s)://host[:port][/path]``: anything else fails later and less clearly."""
+    try:
+        u = urllib.parse.urlsplit(url)
+        _ = u.port
+    except ValueError:
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not u.hostname or any(c.isspace() for c in url):
+        raise FlagError(f"-kube-api-url: invalid URL {shorten(url)} (want https://host:port)")
 
 
 def usage() -> str:

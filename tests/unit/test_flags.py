@@ -90,7 +90,7 @@ BAD = [
     (["-etcd-prefix=coreos.com/network"], "-etcd-prefix must start with '/'"),
     (["-log-format=xml"], "-log-format must be text or json: 'xml'"),
     (["-subnet-file="], "-subnet-file must not be empty"),
-    (["-kube-subnet-mgr"], "-kube-subnet-mgr: Kubernetes subnet manager is not supported by pyflannel yet"),
+    (["-kube-subnet-mgr", "-kube-annotation-prefix=a/b/c"], "prefix can contain at most single slash"),
 ]
 
 
