@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from pyflannel.core.backoff import jittered
 from pyflannel.core.errors import FlannelError
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ KEEPALIVE_IDLE = 3
 KEEPALIVE_INTERVAL = 2
 KEEPALIVE_COUNT = 3
 USER_TIMEOUT_MS = 10_000
-ROUND_PAUSE = 1.0
+ROUND_PAUSE = 1.0  # between two rounds over the endpoints, jittered by +-50% so nodes do not retry together
 
 
 class EtcdError(FlannelError):
@@ -135,6 +138,27 @@ class TLSConfig:
         return ctx
 
 
+def transport_warning(endpoints: Sequence[str], tls: TLSConfig | None = None) -> str:
+    """The start-up warning for etcd traffic that is not protected by TLS, or "" when all of it is.
+
+    Only ``http://`` endpoints are unprotected. An ``https://`` endpoint without -etcd-cafile
+    is verified against the system CA bundle (``ssl.create_default_context``), which is TLS
+    all the same; without -etcd-certfile the client is simply not authenticated by a
+    certificate (etcd may still ask for a password). ``tls`` is accepted for symmetry and
+    may say more in the future.
+    """
+    _ = tls
+    plain = [e.strip() for e in endpoints if e.strip().startswith("http://")]
+    if not plain:
+        return ""
+    return f"etcd connection is not secured with TLS: {', '.join(plain)} (use https:// endpoints)"
+
+
+def uses_system_ca(endpoints: Sequence[str], tls: TLSConfig | None = None) -> bool:
+    """Whether an https:// endpoint will be verified against the system CA bundle (no -etcd-cafile)."""
+    return any(e.strip().startswith("https://") for e in endpoints) and not (tls is not None and tls.cafile)
+
+
 @dataclass
 class _Auth:
     username: str
@@ -166,6 +190,7 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 5.0,
+        rng: random.Random | None = None,
     ) -> None:
         eps = [e.strip().rstrip("/") for e in endpoints if e.strip()]
         if not eps:
@@ -175,6 +200,9 @@ class EtcdClient:
                 raise EtcdError(f"etcd endpoint {e!r}: must start with http:// or https://")
         self.endpoints = eps
         self._current = 0
+        # Every failed request attempt and watch stream (flannel_etcd_errors); read, never reset.
+        self.errors = 0
+        self._rng = rng or random.Random()
         self._timeout = timeout
         self._auth = _Auth(username, password or "") if username else None
         self._auth_lock = asyncio.Lock()
@@ -246,7 +274,7 @@ class EtcdClient:
         # "no leader" until the election (about a second) is over.
         for attempt in range(2 * len(self.endpoints)):
             if attempt == len(self.endpoints):
-                await asyncio.sleep(ROUND_PAUSE)
+                await asyncio.sleep(jittered(ROUND_PAUSE, self._rng))
             idx = self._current
             endpoint = self.endpoints[idx]
             reauthed = False
@@ -256,18 +284,23 @@ class EtcdClient:
                     r = await self._client.post(f"{endpoint}{path}", json=body, headers=headers)
                 except httpx.HTTPError as e:
                     last = EtcdError(f"etcd {endpoint}: {path}: {_describe(e)}")
+                    self.errors += 1
                     break
                 except ssl.SSLError as e:  # a TLS alert after the handshake is not wrapped by httpx
                     last = EtcdError(f"etcd {endpoint}: {path}: TLS error: {e}")
+                    self.errors += 1
                     break
                 except EtcdAuthError:
+                    self.errors += 1
                     raise
                 except EtcdError as e:
                     last = e
+                    self.errors += 1
                     break
                 data = _json(r)
                 if r.status_code == 200:
                     return data
+                self.errors += 1
                 msg = _err(data, r)
                 if self._auth is not None and "invalid auth token" in msg and not reauthed:
                     # simple tokens expire after --auth-token-ttl of idleness; get a new one
@@ -372,16 +405,20 @@ class EtcdClient:
 
     async def status(self, endpoint: str) -> dict[str, Any]:
         """Maintenance status of one endpoint (no failover): version, leader, db size."""
-        headers = await self._headers(endpoint) if self._auth else {}
         try:
-            r = await self._client.post(f"{endpoint}/v3/maintenance/status", json={}, headers=headers)
-        except httpx.HTTPError as e:
-            raise EtcdError(f"etcd {endpoint}: status: {_describe(e)}") from None
-        except ssl.SSLError as e:
-            raise EtcdError(f"etcd {endpoint}: status: TLS error: {e}") from None
-        data = _json(r)
-        if r.status_code != 200:
-            raise EtcdError(f"etcd {endpoint}: status: {_err(data, r)}")
+            headers = await self._headers(endpoint) if self._auth else {}
+            try:
+                r = await self._client.post(f"{endpoint}/v3/maintenance/status", json={}, headers=headers)
+            except httpx.HTTPError as e:
+                raise EtcdError(f"etcd {endpoint}: status: {_describe(e)}") from None
+            except ssl.SSLError as e:
+                raise EtcdError(f"etcd {endpoint}: status: TLS error: {e}") from None
+            data = _json(r)
+            if r.status_code != 200:
+                raise EtcdError(f"etcd {endpoint}: status: {_err(data, r)}")
+        except EtcdError:
+            self.errors += 1
+            raise
         return data
 
     async def v2_get(self, key: str) -> str | None:
@@ -418,6 +455,18 @@ class EtcdClient:
                 "prev_kv": True,
             }
         }
+        inner = self._watch(idx, endpoint, body)
+        try:
+            async with contextlib.aclosing(inner):  # the stream closes when our consumer stops
+                async for batch in inner:
+                    yield batch
+        except Compacted:
+            raise
+        except EtcdError:
+            self.errors += 1
+            raise
+
+    async def _watch(self, idx: int, endpoint: str, body: dict[str, Any]) -> AsyncGenerator[WatchBatch, None]:
         try:
             headers = await self._headers(endpoint)
             async with self._watch_client.stream("POST", f"{endpoint}/v3/watch", json=body, headers=headers) as r:

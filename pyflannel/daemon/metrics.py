@@ -173,7 +173,7 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
         "entries_installed": getattr(stats, "installed_entries", 0),
         "netlink_errors": getattr(stats, "netlink_errors", 0),
         "last_pass_failures": getattr(metrics, "last_pass_failures", 0),
-        "etcd_errors": getattr(watcher, "errors", 0),
+        "etcd_errors": etcd_errors(daemon),
         "watch_restarts": getattr(watcher, "watch_restarts", 0),
         "iptables_resyncs": getattr(getattr(daemon, "rules", None), "resyncs", 0),
         "lease_reacquisitions": getattr(keeper, "reacquisitions", 0),
@@ -181,6 +181,22 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
         "ready": not problems,
         "not_ready": problems,
     }
+
+
+def etcd_errors(daemon: Any) -> int:
+    """Every failed etcd request and watch stream, read from the etcd client's ``errors`` counter.
+
+    The client is looked for where the daemon keeps it: ``daemon.subnet_manager.client`` (the
+    ports layout), ``daemon.subnet_manager.registry.client``, ``daemon.registry.client`` or
+    ``daemon.client``. Without a client with that counter, the watcher's count of failed
+    watches is the fallback (fewer errors, but never none).
+    """
+    sm = getattr(daemon, "subnet_manager", None)
+    for holder in (sm, getattr(sm, "registry", None), getattr(daemon, "registry", None), daemon):
+        n = getattr(getattr(holder, "client", None), "errors", None)
+        if isinstance(n, int):
+            return n
+    return int(getattr(getattr(daemon, "watcher", None), "errors", 0) or 0)
 
 
 def peers_installed(daemon: Any) -> int:
@@ -253,7 +269,8 @@ class DaemonCollector:
         counter("flannel_reconcile_passes", "Reconcile passes run.", snap["passes"])
         counter("flannel_netlink_errors", "Netlink operations that failed (retried by the next pass).",
                 snap["netlink_errors"])
-        counter("flannel_etcd_errors", "Failed etcd lease watches.", snap["etcd_errors"])
+        counter("flannel_etcd_errors", "Failed etcd requests and watch streams (every endpoint tried counts).",
+                snap["etcd_errors"])
         counter("flannel_etcd_watch_restarts", "Lease watch restarts (errors and compactions).",
                 snap["watch_restarts"])
         counter("flannel_iptables_resyncs", "Times missing or changed iptables rules were re-created.",
