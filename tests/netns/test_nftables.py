@@ -78,26 +78,49 @@ def chains(tables: dict[tuple[str, str], list[dict[str, Any]]], table: str) -> d
 # --- (a) the same kernel state as Go flanneld v0.28.9 ----------------------------------------------------
 
 
+CONFIG4 = '{"Network": "100.64.0.0/16", "SubnetLen": 24, "EnableNFTables": true, "Backend": {"Type": "vxlan"}}'
+CONFIG46 = ('{"Network": "100.64.0.0/16", "SubnetLen": 24, "EnableIPv6": true, "IPv6Network": "fd64::/56", '
+            '"IPv6SubnetLen": 64, "EnableNFTables": true, "Backend": {"Type": "vxlan"}}')
+
+
 @pytest.mark.skipif(not GO_FLANNELD.exists(), reason=f"needs Go flanneld v0.28.9 at {GO_FLANNELD} (make testdeps)")
-@pytest.mark.parametrize("random_disable", [False, True], ids=["fully-random", "fully-random-disabled"])
-def test_tables_equal_go_flanneld(make_cluster: Callable[..., Cluster], random_disable: bool) -> None:
+@pytest.mark.parametrize(
+    ("dual", "random_disable"),
+    [(False, False), (False, True), (True, False)],
+    ids=["ipv4", "ipv4-fully-random-disabled", "dual-stack"],
+)
+def test_tables_equal_go_flanneld(make_cluster: Callable[..., Cluster], dual: bool, random_disable: bool) -> None:
     c = make_cluster(nodes=2)
     n1, n2 = c.nodes
     c.start_etcd()
-    c.put_config('{"Network": "100.64.0.0/16", "SubnetLen": 24, "EnableNFTables": true, '
-                 '"Backend": {"Type": "vxlan"}}')
+    c.put_config(CONFIG46 if dual else CONFIG4)
+    if dual:
+        # The test bed disables IPv6 in node namespaces; Go flanneld needs an IPv6 address on -iface.
+        run_in(n1.ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth0.disable_ipv6=0"])
+        run_in(n1.ns, ["ip", "-6", "addr", "add", "fd18::11/64", "dev", "eth0", "nodad"])
     extra = ["-ip-masq-fully-random-disable"] if random_disable else []
     c.start_flanneld(n1, extra, binary=GO_FLANNELD)
     env = c.wait_subnet_env(n1)
+    tables_with_chains = ("flannel-ipv4", "flannel-ipv6") if dual else ("flannel-ipv4",)
 
     def go_done() -> dict[tuple[str, str], list[dict[str, Any]]] | None:
         t = flannel_tables(n1.ns)
-        ch = chains(t, "flannel-ipv4")
-        return t if len(ch.get("postrtg", [])) == 6 and len(ch.get("forward", [])) == 2 else None
+        for name in tables_with_chains:
+            ch = chains(t, name)
+            if len(ch.get("postrtg", [])) != 6 or len(ch.get("forward", [])) != 2:
+                return None
+        return t
 
     go = wait_for(go_done, 30, "Go flanneld's nftables tables")
-    subnet = str(ip_interface(env["FLANNEL_SUBNET"]).network)
-    spec = {"network": env["FLANNEL_NETWORK"], "subnet": subnet, "ip_masq": True, "random_fully": not random_disable}
+    spec: dict[str, Any] = {
+        "network": env["FLANNEL_NETWORK"],
+        "subnet": str(ip_interface(env["FLANNEL_SUBNET"]).network),
+        "ip_masq": True,
+        "random_fully": not random_disable,
+    }
+    if dual:
+        spec["network6"] = env["FLANNEL_IPV6_NETWORK"]
+        spec["subnet6"] = str(ip_interface(env["FLANNEL_IPV6_SUBNET"]).network)
     assert firewall(n2.ns, "nftables", "ensure", spec) is True
     ours = flannel_tables(n2.ns)
 
@@ -108,7 +131,7 @@ def test_tables_equal_go_flanneld(make_cluster: Callable[..., Cluster], random_d
         assert o_ == g, f"{key}: table/chain objects differ"
         assert chains(ours, key[1]) == chains(go, key[1]), f"{key}: rules differ"
     assert ours == go
-    # Go flanneld itself reads back as exactly what our missing() expects.
+    # What Go flanneld wrote reads back as exactly what our missing() expects: no rewrite on adoption.
     assert firewall(n1.ns, "nftables", "missing", spec) == []
     c.stop_flanneld(n1)
 
