@@ -9,7 +9,7 @@ capability probe (``--random-fully``) is done by the adapter and passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FWD_CHAIN = "FLANNEL-FWD"
@@ -32,21 +32,27 @@ class ChainSpec:
         return ("-m", "comment", "--comment", self.comment, "-j", self.chain)
 
 
-def masq_chain(network: IPv4Network, subnet: IPv4Network, random_fully: bool) -> ChainSpec:
+MULTICAST4 = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"
+
+
+def masq_chain(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Network, random_fully: bool) -> ChainSpec:
+    """FLANNEL-POSTRTG for one family: the same rules for IPv6 (in ip6tables), with multicast ff00::/8."""
     n, sn = str(network), str(subnet)
+    mcast = MULTICAST4 if network.version == 4 else MULTICAST6
     c = ("-m", "comment", "--comment", MASQ_COMMENT)
     masq = ("-j", "MASQUERADE", "--random-fully") if random_fully else ("-j", "MASQUERADE")
     rules = (
         ("-m", "mark", "--mark", KUBE_PROXY_MARK, *c, "-j", "RETURN"),
         ("-s", n, "-d", n, *c, "-j", "RETURN"),
-        ("-s", n, "!", "-d", "224.0.0.0/4", *c, *masq),
+        ("-s", n, "!", "-d", mcast, *c, *masq),
         ("!", "-s", n, "-d", sn, *c, "-j", "RETURN"),
         ("!", "-s", n, "-d", n, *c, *masq),
     )
     return ChainSpec("nat", MASQ_CHAIN, "POSTROUTING", MASQ_COMMENT, rules)
 
 
-def forward_chain(network: IPv4Network) -> ChainSpec:
+def forward_chain(network: IPv4Network | IPv6Network) -> ChainSpec:
     n = str(network)
     c = ("-m", "comment", "--comment", FWD_COMMENT)
     rules = (("-s", n, *c, "-j", "ACCEPT"), ("-d", n, *c, "-j", "ACCEPT"))
