@@ -166,7 +166,7 @@ def load_kubeconfig(path: str, api_url: str = "") -> KubeConfig:
         text = Path(path).read_text()
     except OSError as e:
         raise KubeConfigError(f"{source}: cannot read: {e.strerror or e}") from None
-    import yaml  # only kube mode with a kubeconfig pays for it
+    import yaml  # type: ignore[import-untyped,unused-ignore]  # only kube mode with a kubeconfig pays for it
 
     try:
         doc = yaml.safe_load(text)
@@ -344,7 +344,8 @@ class KubeClient:
             data = await self.request("GET", "/api/v1/nodes", params=params)
             got = data.get("items")
             items.extend(i for i in (got if isinstance(got, list) else []) if isinstance(i, dict))
-            meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            meta = data.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
             cont = str(meta.get("continue") or "")
             if not cont:
                 return items, str(meta.get("resourceVersion") or "")
