@@ -96,6 +96,10 @@ class NftablesFirewall:
 
     # --- helpers -----------------------------------------------------------------------------------
 
+    def listings(self) -> dict[str, list[dict[str, Any]] | None]:
+        """Both flannel tables' normalised listings by name (None: the table does not exist)."""
+        return {t.name: self._list(t) for t in (_EMPTY4, _EMPTY6)}
+
     def present(self) -> list[str]:
         """Names of the flannel tables that exist now (for doctor and for mode-switch checks)."""
         return [t.name for t in (_EMPTY4, _EMPTY6) if self._list(t) is not None]

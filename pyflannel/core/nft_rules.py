@@ -261,6 +261,27 @@ def normalise(doc: JSON) -> list[JSON]:
     return [_normalise_obj(o) for o in items if isinstance(o, dict) and len(o) == 1 and "metainfo" not in o]
 
 
+def chain_diff(table: NftTable, chain: NftChain, actual: list[JSON]) -> list[str]:
+    """Differences of one chain of ``table`` against a normalised listing of that table."""
+    where = f"chain {table.name}/{chain.name}"
+    got = next((o for o in actual if "chain" in o and o["chain"].get("name") == chain.name), None)
+    if got is None:
+        return [f"{where} is missing"]
+    problems: list[str] = []
+    if got != _normalise_obj(_chain_obj(table, chain)):
+        problems.append(f"{where} has the wrong type, hook, priority or policy")
+    want_rules = [_normalise_obj(_rule_obj(table, chain, r)) for r in chain.rules]
+    have_rules = [o for o in actual if "rule" in o and o["rule"].get("chain") == chain.name]
+    for i, (w, h) in enumerate(zip(want_rules, have_rules, strict=False), start=1):
+        if w != h:
+            problems.append(f"{where}: rule {i} differs")
+    if len(have_rules) < len(want_rules):
+        problems.append(f"{where}: {len(want_rules) - len(have_rules)} rule(s) missing")
+    elif len(have_rules) > len(want_rules):
+        problems.append(f"{where}: {len(have_rules) - len(want_rules)} extra rule(s)")
+    return problems
+
+
 def diff(expected: NftTable, actual: list[JSON] | None) -> list[str]:
     """Human-readable differences between a table's expected and actual (normalised) listing.
 
@@ -272,23 +293,10 @@ def diff(expected: NftTable, actual: list[JSON] | None) -> list[str]:
     if actual == want:
         return []
     problems: list[str] = []
-    have_chains = {o["chain"]["name"]: o for o in actual if "chain" in o}
+    have_chains = {o["chain"]["name"] for o in actual if "chain" in o}
     for c in expected.chains:
-        got = have_chains.pop(c.name, None)
-        if got is None:
-            problems.append(f"chain {expected.name}/{c.name} is missing")
-            continue
-        if got != _normalise_obj(_chain_obj(expected, c)):
-            problems.append(f"chain {expected.name}/{c.name} has the wrong type, hook, priority or policy")
-        want_rules = [r for r in want if "rule" in r and r["rule"]["chain"] == c.name]
-        have_rules = [r for r in actual if "rule" in r and r["rule"].get("chain") == c.name]
-        for i, (w, h) in enumerate(zip(want_rules, have_rules, strict=False), start=1):
-            if w != h:
-                problems.append(f"chain {expected.name}/{c.name}: rule {i} differs")
-        if len(have_rules) < len(want_rules):
-            problems.append(f"chain {expected.name}/{c.name}: {len(want_rules) - len(have_rules)} rule(s) missing")
-        elif len(have_rules) > len(want_rules):
-            problems.append(f"chain {expected.name}/{c.name}: {len(have_rules) - len(want_rules)} extra rule(s)")
+        have_chains.discard(c.name)
+        problems += chain_diff(expected, c, actual)
     problems += [f"chain {expected.name}/{name} is not flannel's" for name in sorted(have_chains)]
     if not problems:
         problems.append(f"table {expected.label} differs")  # e.g. extra objects (sets, maps)

@@ -11,6 +11,11 @@ The VXLAN checksum check is flannel issue #1279: with NAT in the path on kernels
 receiver logs ``UDP: bad checksum`` and drops them (about 63 s stalls for Kubernetes services).
 flannel never changes it; the usual workaround is ``ethtool -K flannel.1
 tx-checksum-ip-generic off``.
+
+Firewall mode: flanneld writes its rules either as iptables chains (FLANNEL-POSTRTG, FLANNEL-FWD) or
+as the nftables tables flannel-ipv4/flannel-ipv6 (``EnableNFTables``, docs/firewall.md). Which one is
+active is read from the kernel, not from the config: ``firewall_mode`` reports it (and fails when a
+node holds both), and the forward and masquerade checks look for their rules in that mode.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from pyflannel.core import nft_rules
 from pyflannel.core.rules import FWD_CHAIN, MASQ_CHAIN, chain_lines, forward_chain, has_jump, masq_chain, quote
 from pyflannel.ctl import status
 from pyflannel.ctl.node import NodeFacts
@@ -232,6 +238,83 @@ def check_network_overlap(f: NodeFacts, opts: Any) -> Check:
     return Check("network_overlap", "ok", f"no host route or address overlaps the Network {net}")
 
 
+FirewallMode = Literal["iptables", "nftables", "both", "none", "unknown"]
+
+
+def active_firewall(f: NodeFacts) -> FirewallMode:
+    """Which mode's rules the kernel holds: flannel's iptables chains, its nftables tables, both or none."""
+    ipt = f":{MASQ_CHAIN} " in f.iptables.get("nat", "") or f":{FWD_CHAIN} " in f.iptables.get("filter", "")
+    nft = any(v is not None for v in f.nftables.values())
+    if ipt and nft:
+        return "both"
+    if ipt:
+        return "iptables"
+    if nft:
+        return "nftables"
+    if (f.iptables_error or not f.iptables) and (f.nftables_error or not f.nftables):
+        return "unknown"
+    return "none"
+
+
+def check_firewall_mode(f: NodeFacts, opts: Any) -> Check:
+    mode = active_firewall(f)
+    wanted = getattr(f.config, "enable_nftables", None) if f.config else None
+    if mode == "unknown":
+        return Check("firewall_mode", "skip", f"iptables: {f.iptables_error or 'not read'}; "
+                     f"nftables: {f.nftables_error or 'not read'}")
+    if mode == "both":
+        return Check("firewall_mode", "fail", f"both iptables chains ({MASQ_CHAIN}/{FWD_CHAIN}) and nftables tables "
+                     f"({'/'.join(n for n, v in f.nftables.items() if v is not None)}): a node must hold one mode",
+                     "restart flanneld (it removes the other mode's rules at start), or remove the stale ones: "
+                     "nft delete table ip flannel-ipv4 / iptables -t nat -F FLANNEL-POSTRTG (docs/firewall.md)")
+    if mode == "none":
+        expected = (f.env or {}).get("FLANNEL_IPMASQ") == "true" or bool(getattr(opts, "iptables_forward_rules", True))
+        if not expected:
+            return Check("firewall_mode", "ok", "no flannel rules, none expected (no ip-masq, no forward rules)")
+        return Check("firewall_mode", "warn", "no flannel rules in either mode (no FLANNEL-* iptables chains, no "
+                     "flannel-ipv4/flannel-ipv6 tables)", "start flanneld; it writes them before subnet.env")
+    if wanted is not None and (mode == "nftables") != wanted:
+        return Check("firewall_mode", "warn", f"{mode} rules, but the network config says EnableNFTables="
+                     f"{str(wanted).lower()}", "restart flanneld so it switches modes (docs/firewall.md)")
+    where = ("tables " + ", ".join(n for n, v in f.nftables.items() if v is not None)) if mode == "nftables" else (
+        f"chains {MASQ_CHAIN}, {FWD_CHAIN}")
+    return Check("firewall_mode", "ok", f"{mode} ({where})")
+
+
+def _nft_chain_problems(f: NodeFacts, chain: nft_rules.NftChain) -> list[str]:
+    table = nft_rules.NftTable("ip", nft_rules.TABLE4, (chain,))
+    listing = f.nftables.get(nft_rules.TABLE4)
+    if listing is None:
+        return [f"table {table.label} is missing"]
+    return nft_rules.chain_diff(table, chain, listing)
+
+
+def _check_forward_nft(f: NodeFacts, opts: Any) -> Check:
+    net = f.config.network if f.config else None
+    if net is None:
+        return Check("forward_rules", "skip", "no valid network config")
+    if not bool(getattr(opts, "iptables_forward_rules", True)):
+        return Check("forward_rules", "ok", "nftables: not expected (-iptables-forward-rules=false)")
+    problems = _nft_chain_problems(f, nft_rules.forward_chain("ip", net))
+    if problems:
+        return Check("forward_rules", "fail", "nftables: " + "; ".join(problems[:3]),
+                     "flanneld re-creates the table within -iptables-resync seconds; if not, check its log for nft "
+                     "errors and restart it")
+    return Check("forward_rules", "ok", f"nftables: {nft_rules.TABLE4}/{nft_rules.FORWARD} accepts {net}")
+
+
+def _check_masquerade_nft(f: NodeFacts, net: Any, own: Any) -> Check:
+    problems = _nft_chain_problems(f, nft_rules.postrtg_chain("ip", net, own, random_fully=True))
+    if problems and not _nft_chain_problems(f, nft_rules.postrtg_chain("ip", net, own, random_fully=False)):
+        problems = []  # -ip-masq-fully-random-disable, or a kernel without fully-random
+    if problems:
+        return Check("masquerade", "fail", "nftables: " + "; ".join(problems[:3]),
+                     "flanneld re-creates the table within -iptables-resync seconds; if not, check its log for nft "
+                     "errors and restart it")
+    return Check("masquerade", "ok", f"nftables: {nft_rules.TABLE4}/{nft_rules.POSTRTG} in place for {net} "
+                 f"(own subnet {own})")
+
+
 def _missing_rules(save: str, spec: Any) -> list[str]:
     have = chain_lines(save, spec.table, spec.chain)
     missing = []
@@ -246,6 +329,8 @@ def _missing_rules(save: str, spec: Any) -> list[str]:
 
 
 def check_forward(f: NodeFacts, opts: Any) -> Check:
+    if active_firewall(f) == "nftables":
+        return _check_forward_nft(f, opts)
     if f.iptables_error or "filter" not in f.iptables:
         return Check("forward_rules", "skip", f.iptables_error or "iptables-save not available")
     net = f.config.network if f.config else None
@@ -273,6 +358,11 @@ def check_masquerade(f: NodeFacts, opts: Any) -> Check:
     env = f.env or {}
     if env.get("FLANNEL_IPMASQ") != "true":
         return Check("masquerade", "ok" if env else "skip", "not expected (FLANNEL_IPMASQ is not true)")
+    if active_firewall(f) == "nftables":
+        net, own = (f.config.network if f.config else None), f.own_subnet
+        if net is None or own is None:
+            return Check("masquerade", "skip", "needs the network config and this node's subnet")
+        return _check_masquerade_nft(f, net, own)
     if f.iptables_error or "nat" not in f.iptables:
         return Check("masquerade", "skip", f.iptables_error or "iptables-save not available")
     net = f.config.network if f.config else None
@@ -341,8 +431,8 @@ def check_daemon(f: NodeFacts, opts: Any) -> Check:
 
 CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
     check_config, check_ip_forward, check_br_netfilter, check_rp_filter, check_mtu, check_device, check_lease,
-    check_peers_kernel, check_peers_reachable, check_duplicate_ips, check_network_overlap, check_forward,
-    check_masquerade, check_tx_checksum, check_etcd, check_daemon,
+    check_peers_kernel, check_peers_reachable, check_duplicate_ips, check_network_overlap, check_firewall_mode,
+    check_forward, check_masquerade, check_tx_checksum, check_etcd, check_daemon,
 )
 
 

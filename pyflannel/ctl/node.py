@@ -100,6 +100,8 @@ class NodeFacts:
     sysctls: dict[str, str | None] = field(default_factory=dict)
     iptables: dict[str, str] = field(default_factory=dict)
     iptables_error: str | None = None
+    nftables: dict[str, list[dict[str, Any]] | None] = field(default_factory=dict)  # flannel table -> listing
+    nftables_error: str | None = None
     tx_checksum: bool | None = None
     tx_checksum_error: str | None = None
     udp_ports: set[int] = field(default_factory=set)
@@ -278,6 +280,12 @@ def read_kernel(facts: NodeFacts) -> None:
         facts.iptables = {t: iptables_save(t) for t in ("nat", "filter")}
     except (OSError, subprocess.TimeoutExpired, FlannelError) as e:
         facts.iptables_error = str(e)
+    try:
+        from pyflannel.adapters.nftables import NftablesFirewall
+
+        facts.nftables = NftablesFirewall().listings()
+    except FlannelError as e:
+        facts.nftables_error = str(e)
     facts.udp_ports = udp_listen_ports()
     if facts.device is not None:
         try:

@@ -11,14 +11,17 @@ on n2, and ``nft -j list ruleset`` of both must match table, chain and rule for 
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network, ip_interface
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.checks import wait_for
-from support.cluster import Cluster
+from support.cluster import Cluster, Node
 from support.nft import (
     FLANNEL_TABLES,
     GO_FLANNELD,
@@ -39,6 +42,7 @@ from support.nft import (
 
 from pyflannel.core.rules import forward_chain, masq_chain, render_restore
 
+FLANNELCTL = str(Path(sys.executable).parent / "flannelctl")
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(not have("nft"), reason=NFT_MISSING),
@@ -133,7 +137,21 @@ def test_tables_equal_go_flanneld(make_cluster: Callable[..., Cluster], dual: bo
     assert ours == go
     # What Go flanneld wrote reads back as exactly what our missing() expects: no rewrite on adoption.
     assert firewall(n1.ns, "nftables", "missing", spec) == []
+    if not dual:
+        c.stop_flanneld(n1)  # SIGTERM leaves the tables; doctor now sees what Go flanneld left
+        checks = doctor(c, n1)
+        assert checks["firewall_mode"] == ("ok", "nftables (tables flannel-ipv4, flannel-ipv6)")
+        assert checks["forward_rules"][0] == "ok" and checks["masquerade"][0] == "ok", checks
+        run_in(n1.ns, ["nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg"])
+        assert doctor(c, n1)["masquerade"] == ("fail", "nftables: chain flannel-ipv4/postrtg: 6 rule(s) missing")
     c.stop_flanneld(n1)
+
+
+def doctor(c: Cluster, node: Node) -> dict[str, tuple[str, str]]:
+    """flannelctl doctor --json in the node's namespace: check name -> (level, detail)."""
+    p = c.exec(node.ns, [FLANNELCTL, f"-etcd-endpoints={c.etcd_endpoint}", f"-subnet-file={node.subnet_file}",
+                         "doctor", "--json"], check=False, timeout=60)
+    return {ch["name"]: (ch["level"], ch["detail"]) for ch in json.loads(p.stdout)["checks"]}
 
 
 # --- (b) drift repair -------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_healthy_node_passes_every_check() -> None:
     checks = doctor.run_checks(healthy(), OPTS)
     assert {c.name: c.level for c in checks if c.level != "ok"} == {}
     text = doctor.render(checks)
-    assert text.splitlines()[-1] == "16 checks: 0 failed, 0 warnings"
+    assert text.splitlines()[-1] == "17 checks: 0 failed, 0 warnings"
     assert "[ OK ] ip_forward" in text
 
 
