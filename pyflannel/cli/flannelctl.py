@@ -33,7 +33,8 @@ _KINDS = {f.name: f.kind for f in FLAGS} | {"h": bool}
 # Flags that matter to flannelctl, for its usage text (every flanneld flag is accepted).
 _SHOWN = ("etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-certfile", "etcd-keyfile", "etcd-username",
           "etcd-password", "subnet-file", "subnet-lease-renew-margin", "iptables-forward-rules", "resync-period",
-          "log-format", "v")
+          "log-format", "v", "kube-subnet-mgr", "kubeconfig-file", "kube-api-url", "kube-annotation-prefix",
+          "net-config-path")
 
 COMMANDS = """commands:
   config get [--json]                 print the network config (--json: with flanneld's defaults filled in)
@@ -243,6 +244,13 @@ def dispatch(opts: Options, rest: list[str], env: Mapping[str, str]) -> int:
     ns = _command_parser().parse_args(rest)
     if ns.command is None:
         raise UsageError("flannelctl: no command given (see flannelctl -h)")
+    if opts.kube_subnet_mgr:  # Kubernetes mode: the leases are Node objects (pyflannel.ctl.kube_leases)
+        if ns.command not in ("leases", "status", "doctor"):
+            raise UsageError(f"flannelctl {ns.command}: not available with --kube-subnet-mgr "
+                             "(the network config is net-conf.json and the subnets are the Nodes' podCIDRs)")
+        from pyflannel.ctl import kube_leases
+
+        return asyncio.run(kube_leases.run(ns.command, opts, env, ns.json))
     if ns.command == "config":
         if ns.action is None:
             raise UsageError("flannelctl config: say get, set or validate")
