@@ -195,7 +195,8 @@ async def doctor(opts: Any, env: Mapping[str, str], as_json: bool) -> int:
                 k.check_in_network(net, IPv4Network(row.subnet), row.name)
             except k.KubeNodeError as e:
                 detail, cidr_level = str(e), "fail"
-        checks.append(Check("pod cidr", "fail" if cidr_level == "fail" else "ok", detail, "make --cluster-cidr and net-conf.json's Network agree"))
+        checks.append(Check("pod cidr", "fail" if cidr_level == "fail" else "ok", detail,
+                            "make --cluster-cidr and net-conf.json's Network agree"))
     checks.append(Check("annotations", "ok" if row.managed and row.public_ip else "fail",
                         f"kube-subnet-manager={'true' if row.managed else 'missing'} public-ip={row.public_ip or '-'}",
                         "is flanneld running on this node? (kubectl -n kube-flannel logs)"))
