@@ -149,8 +149,8 @@ def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
     assert p.returncode == 0, p.stdout
     lines = p.stdout.splitlines()
     assert "[FAIL]" not in p.stdout
-    assert lines[-1].startswith("16 checks: 0 failed")
-    assert len(lines) == 17
+    assert lines[-1].startswith("17 checks: 0 failed")
+    assert len(lines) == 18
 
 
 def test_health_readiness_and_metrics(cluster: Cluster) -> None:
@@ -271,7 +271,7 @@ def test_readiness_before_config_and_doctor_on_a_broken_node(netns_prefix: str, 
         assert got["tx_checksum"].startswith("[ OK ]") and "offload off on flannel.1" in got["tx_checksum"]
         for name in ("lease", "etcd", "duplicate_public_ip", "network_overlap", "peer_reachability"):
             assert got[name].startswith("[ OK ]"), got[name]
-        assert p.stdout.splitlines()[-1] == "16 checks: 5 failed, 0 warnings"
+        assert p.stdout.splitlines()[-1] == "17 checks: 5 failed, 0 warnings"
         d = json.loads(ctl(c, n1, "doctor", "--json").stdout)
         assert d["ok"] is False and {x["name"] for x in d["checks"] if x["level"] == "fail"} == {
             "ip_forward", "mtu", "kernel_peers", "masquerade", "forward_rules"}
