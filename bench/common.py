@@ -62,7 +62,8 @@ with IPRoute() as ipr:
 if not dev:
     print(json.dumps([0, 0, 0])); sys.exit()
 s = BulkNetlink().observe(dev[0], "flannel.1", up[0], "eth0", IPv4Network("100.64.0.0/10"))
-print(json.dumps([len(s.routes), len(s.neighs), len(s.fdbs)]))
+kinds = [type(e).__name__ for e in s]
+print(json.dumps([kinds.count("Route"), kinds.count("Neigh"), kinds.count("Fdb")]))
 """
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.lease import Lease, LeaseAttrs
 from pyflannel.core.model import Entry
 from pyflannel.core.plan import Op
+
+T = TypeVar("T")
 
 # --- SubnetManager ----------------------------------------------------------------------------
 
@@ -104,6 +106,10 @@ class SubnetManager(Protocol):
     @property
     def in_sync(self) -> bool:
         """Whether the event stream is live (for /readyz)."""
+        ...
+
+    async def query(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` with the host's synchronous netlink facts object (links, default route, route get)."""
         ...
 
     async def close(self) -> None: ...
@@ -259,8 +265,14 @@ class Dataplane(Protocol):
         """Apply in order; never raises for one op."""
         ...
 
-    def changes(self, scope: Scope, indexes: dict[str, int]) -> AsyncIterator[list[KernelChange | Overflow]]:
+    def changes(
+        self, scope: Scope, indexes: Callable[[], dict[str, int]]
+    ) -> AsyncIterator[list[KernelChange | Overflow]]:
         """Notifications about owned objects, own changes included (the consumer recognises its echoes)."""
+        ...
+
+    async def query(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` with the host's synchronous netlink facts object (links, default route, route get)."""
         ...
 
     async def close(self) -> None: ...

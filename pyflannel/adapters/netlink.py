@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pyflannel.adapters.lazy_pyroute2 import import_iproute
 from pyflannel.adapters.nlbulk import BulkNetlink
 from pyflannel.core.errors import FlannelError
-from pyflannel.core.model import LiveVxlanLink, PeerState, VxlanLink
+from pyflannel.core.model import Fdb, LiveVxlanLink, Neigh, PeerState, Route, VxlanLink
 from pyflannel.core.plan import Op
 
 IPRoute, NetlinkError = import_iproute()
@@ -225,7 +225,15 @@ class Netlink:
         neighbours and ``self`` FDB entries with a dst on the VXLAN device. Read through the
         bulk socket: pyroute2 needs about 1 s for this at 5000 peers, the bulk parser 65 ms.
         """
-        return self.bulk.observe(dev_index, dev, uplink_index, uplink, network)
+        found = self.bulk.observe(dev_index, dev, uplink_index, uplink, network)
+        return PeerState(
+            frozenset(e for e in found if isinstance(e, Route)),
+            frozenset(e for e in found if isinstance(e, Neigh)),
+            frozenset(e for e in found if isinstance(e, Fdb)),
+        )
+
+    def set_mac(self, index: int, mac: str) -> None:
+        self.ipr.link("set", index=index, address=mac)
 
     def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
         """Apply ops in order, pipelined; return the failures as (op, reason). Never raises for one op."""

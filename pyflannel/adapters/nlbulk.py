@@ -1,30 +1,40 @@
-"""Bulk rtnetlink for the per-peer entries: routes, neighbours and FDB entries.
+"""Bulk rtnetlink for the per-peer entries: routes, neighbours and FDB entries, and their notifications.
 
 Why this exists next to pyroute2 (which handles links, addresses and route lookups): a node
 with K peers owns 3K kernel objects, and pyroute2 costs about 350 us per request and 50-70 us
-per dumped object in Python. At K=5000 that is about 5 s to write and about 1 s to read the
-state back (libraries.md section 1, measured on this machine), against 0.22 s the kernel
-itself needs. Here messages are packed with ``struct``, sent in 128 KiB batches with
-NLM_F_ACK, and the acks are drained after every batch (with the default 1 MB receive buffer,
-more than about 1000 unread acks make the socket drop them). Dumps are parsed only as far as
-the fields pyflannel compares. Measured in bench/: see bench/README.md.
+per dumped object in Python; at K=5000 that is seconds, against a fraction of a second the
+kernel itself needs (docs/kernel-notes.md). Here messages are packed with ``struct``, sent
+pipelined with NLM_F_ACK, and dumps and notifications are parsed only as far as the fields
+pyflannel compares.
+
+Receive-buffer quirk: the kernel caps SO_RCVBUF at ``net.core.rmem_max`` (212992 on a stock
+Debian host, doubled to 425984 for bookkeeping), and it charges each queued ack by its skb
+truesize (about 1 KiB, not the 36 bytes of the message). So the number of requests in flight
+is sized from the buffer the socket really got (read back with getsockopt), acks are capped
+with NETLINK_CAP_ACK, an ENOBUFS while draining acks means "some acks were lost": the ops
+whose acks did not arrive are reported as failed (the caller re-observes), and no ``recv``
+blocks without a bound.
 
 Only the message types below are built or parsed; anything else stays with pyroute2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
-from pyflannel.core.model import Fdb, Neigh, PeerState, Route
+from pyflannel.core.model import Entry, Fdb, Neigh, Route
 from pyflannel.core.plan import Op
 
 NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
 NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
 NLM_F_ACK = 0x04
@@ -35,11 +45,14 @@ NLM_F_REPLACE = 0x100
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
 AF_BRIDGE = 7
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -48,13 +61,25 @@ RTPROT_BOOT = 3
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
+# Multicast groups (the legacy bitmask form of bind()).
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NDMSG = struct.Struct("=BxxxiHBB")
+_IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
+IFLA_IFNAME = 3
+
 BATCH_BYTES = 128 * 1024
+# What one queued ack costs in the receive buffer (skb truesize), rounded up.
+ACK_TRUESIZE = 2048
+RECV_TIMEOUT = 5.0  # no recv blocks for longer; a silent kernel is an error, not a hang
+DEFAULT_RCVBUF = 4 * 1024 * 1024
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -75,18 +100,23 @@ def encode(op: Op, seq: int, indexes: dict[str, int]) -> bytes:
     e = op.entry
     add = op.action == "replace"
     flags = NLM_F_REQUEST | NLM_F_ACK | ((NLM_F_CREATE | NLM_F_REPLACE) if add else 0)
-    idx = indexes[e.dev]
     if isinstance(e, Route):
-        body = _RTMSG.pack(AF_INET, e.dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT if add else 0,
+        idx = indexes[e.dev]
+        fam = AF_INET if e.dst.version == 4 else AF_INET6
+        if e.via.version != e.dst.version:
+            raise ValueError(f"route {e.dst} via {e.via}: address families differ")
+        body = _RTMSG.pack(fam, e.dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT if add else 0,
                            RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if (add and e.onlink) else 0)
         body += _attr(RTA_DST, e.dst.network_address.packed) + _attr(RTA_GATEWAY, e.via.packed)
         body += _attr(RTA_OIF, struct.pack("=i", idx))
         return _msg(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
     if isinstance(e, Neigh):
-        body = _NDMSG.pack(AF_INET, idx, NUD_PERMANENT, 0, 0)
+        idx = indexes[e.dev]
+        body = _NDMSG.pack(AF_INET if e.ip.version == 4 else AF_INET6, idx, NUD_PERMANENT, 0, 0)
         body += _attr(NDA_DST, e.ip.packed) + _attr(NDA_LLADDR, _mac(e.mac))
         return _msg(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, seq, body)
     if isinstance(e, Fdb):
+        idx = indexes[e.dev]
         body = _NDMSG.pack(AF_BRIDGE, idx, NUD_PERMANENT, NTF_SELF, 0)
         body += _attr(NDA_LLADDR, _mac(e.mac)) + _attr(NDA_DST, e.dst.packed)
         return _msg(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, seq, body)
@@ -118,14 +148,92 @@ def _attrs(payload: memoryview, start: int) -> dict[int, memoryview]:
     return out
 
 
-class BulkNetlink:
-    """A plain rtnetlink socket in the current network namespace."""
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """The owned scope in kernel terms: device ifindexes (-> names), the uplink, and its routed networks."""
 
-    def __init__(self) -> None:
+    devices: dict[int, str]
+    uplink_index: int = 0
+    uplink: str = ""
+    uplink_routes: tuple[IPv4Network | IPv6Network, ...] = ()
+
+
+def parse_route(p: memoryview, owned: Owned) -> Route | None:
+    """A main-table unicast route with a gateway in the owned scope, else None."""
+    family, dst_len, _s, _t, table, _proto, _scope, rtype, rflags = _RTMSG.unpack_from(p, 0)
+    if family not in (AF_INET, AF_INET6) or rtype != RTN_UNICAST:
+        return None
+    a = _attrs(p, _RTMSG.size)
+    if RTA_TABLE in a:
+        (table,) = struct.unpack_from("=I", a[RTA_TABLE])
+    if table != RT_TABLE_MAIN or RTA_GATEWAY not in a or RTA_DST not in a or RTA_OIF not in a:
+        return None
+    (oif,) = struct.unpack_from("=i", a[RTA_OIF])
+    net = ip_network((bytes(a[RTA_DST]), dst_len))
+    gw = ip_address(bytes(a[RTA_GATEWAY]))
+    onlink = bool(rflags & RTNH_F_ONLINK)
+    dev = owned.devices.get(oif)
+    if dev is not None:
+        return Route(net, gw, dev, onlink)
+    if oif == owned.uplink_index and owned.uplink_index and any(
+        net.version == n.version and net.subnet_of(n) for n in owned.uplink_routes  # type: ignore[arg-type]
+    ):
+        return Route(net, gw, owned.uplink, onlink)
+    return None
+
+
+def parse_neigh(p: memoryview, owned: Owned, deleted: bool = False) -> Neigh | Fdb | None:
+    """A permanent neighbour or a ``self`` FDB entry with a dst on an owned device, else None.
+
+    Kernel quirk: the RTM_DELNEIGH for a permanent neighbour does not carry NUD_PERMANENT (nor
+    always the lladdr), so for a deletion any neighbour on an owned device counts; the consumer
+    matches it by identity (device and IP).
+    """
+    fam, ifindex, state, nflags, _ntype = _NDMSG.unpack_from(p, 0)
+    dev = owned.devices.get(ifindex)
+    if dev is None:
+        return None
+    a = _attrs(p, _NDMSG.size)
+    if NDA_DST not in a:
+        return None
+    dst = bytes(a[NDA_DST])
+    lladdr = bytes(a.get(NDA_LLADDR, b""))
+    if len(lladdr) != 6 and not (deleted and fam != AF_BRIDGE and not lladdr):
+        return None
+    mac = ":".join(f"{b:02x}" for b in lladdr)
+    if fam in (AF_INET, AF_INET6) and (state & NUD_PERMANENT or deleted) and len(dst) in (4, 16):
+        return Neigh(ip_address(dst), mac, dev)
+    if fam == AF_BRIDGE and nflags & NTF_SELF and len(dst) in (4, 16):
+        return Fdb(mac, ip_address(dst), dev)
+    return None
+
+
+def _link_name(p: memoryview) -> tuple[int, str]:
+    _fam, _type, index, _flags, _change = _IFINFOMSG.unpack_from(p, 0)
+    a = _attrs(p, _IFINFOMSG.size)
+    name = bytes(a.get(IFLA_IFNAME, b"")).rstrip(b"\0").decode(errors="replace")
+    return index, name
+
+
+class BulkNetlink:
+    """A plain rtnetlink socket in the current network namespace.
+
+    ``rcvbuf`` is what is asked for; the kernel may give less (``net.core.rmem_max``), and the
+    batches are sized from what it really gave.
+    """
+
+    def __init__(self, rcvbuf: int = DEFAULT_RCVBUF) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        with contextlib.suppress(OSError):  # acks without a copy of the request: smaller, same for every error
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.bind((0, 0))
+        self.sock.settimeout(RECV_TIMEOUT)
+        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # Requests in flight at once: what the real buffer holds in acks, with a margin of half.
+        self.max_in_flight = max(16, self.rcvbuf // ACK_TRUESIZE // 2)
         self.seq = 1
+        self.overflows = 0  # ENOBUFS seen while draining acks
 
     def close(self) -> None:
         self.sock.close()
@@ -135,9 +243,10 @@ class BulkNetlink:
         return self.seq
 
     def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
-        """Send every op, pipelined; return (op, strerror) for those the kernel refused.
+        """Send every op, pipelined; return (op, reason) for those not known to be done.
 
-        A delete of something already gone counts as done.
+        A delete of something already gone counts as done. Ops whose ack was lost (ENOBUFS,
+        or no answer within RECV_TIMEOUT) are returned as failed, so the caller re-observes.
         """
         failed: list[tuple[Op, str]] = []
         i = 0
@@ -145,7 +254,7 @@ class BulkNetlink:
             batch: dict[int, Op] = {}
             chunks: list[bytes] = []
             size = 0
-            while i < len(ops) and size < BATCH_BYTES:
+            while i < len(ops) and size < BATCH_BYTES and len(batch) < self.max_in_flight:
                 seq = self._next_seq()
                 try:
                     msg = encode(ops[i], seq, indexes)
@@ -162,26 +271,60 @@ class BulkNetlink:
             self.sock.sendall(b"".join(chunks))
             pending = set(batch)
             while pending:
-                data = self.sock.recv(1 << 20)
-                for mtype, _flags, seq, payload in _messages(data):
-                    if mtype != NLMSG_ERROR or seq not in pending:
-                        continue
-                    pending.discard(seq)
-                    (code,) = _NLMSGERR.unpack_from(payload, 0)
-                    if code == 0:
-                        continue
-                    err = -code
-                    op = batch[seq]
-                    if op.action == "delete" and err in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
-                        continue
-                    failed.append((op, os.strerror(err)))
+                try:
+                    data = self.sock.recv(1 << 20)
+                except TimeoutError:
+                    failed.extend((batch[s], "no netlink ack (timed out)") for s in sorted(pending))
+                    break
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    self.overflows += 1
+                    # Acks were dropped; which ones is unknown. Drain what is queued, then give up on the rest.
+                    self._drain(pending, batch, failed)
+                    failed.extend((batch[s], "netlink ack lost (ENOBUFS)") for s in sorted(pending))
+                    break
+                self._acks(data, pending, batch, failed)
         return failed
+
+    def _acks(self, data: bytes, pending: set[int], batch: dict[int, Op], failed: list[tuple[Op, str]]) -> None:
+        for mtype, _flags, seq, payload in _messages(data):
+            if mtype != NLMSG_ERROR or seq not in pending:
+                continue
+            pending.discard(seq)
+            (code,) = _NLMSGERR.unpack_from(payload, 0)
+            if code == 0:
+                continue
+            err = -code
+            op = batch[seq]
+            if op.action == "delete" and err in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
+                continue
+            failed.append((op, os.strerror(err)))
+
+    def _drain(self, pending: set[int], batch: dict[int, Op], failed: list[tuple[Op, str]]) -> None:
+        self.sock.settimeout(0.2)
+        try:
+            while pending:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except (TimeoutError, BlockingIOError):
+                    return
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    continue
+                self._acks(data, pending, batch, failed)
+        finally:
+            self.sock.settimeout(RECV_TIMEOUT)
 
     def _dump(self, mtype: int, body: bytes) -> Iterator[memoryview]:
         seq = self._next_seq()
         self.sock.sendall(_msg(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
         while True:
-            data = self.sock.recv(1 << 20)
+            try:
+                data = self.sock.recv(1 << 20)
+            except TimeoutError:
+                raise OSError(errno.ETIMEDOUT, "netlink dump: no answer") from None
             for rtype, _flags, rseq, payload in _messages(data):
                 if rseq != seq:
                     continue
@@ -192,43 +335,97 @@ class BulkNetlink:
                     raise OSError(-code, f"netlink dump: {os.strerror(-code)}")
                 yield payload
 
+    def observe_owned(self, owned: Owned) -> list[Entry]:
+        """Every owned route, neighbour and FDB entry (duplicates under one identity included)."""
+        out: list[Entry] = []
+        for fam in (AF_INET, AF_INET6):
+            for p in self._dump(RTM_GETROUTE, _RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)):
+                r = parse_route(p, owned)
+                if r is not None:
+                    out.append(r)
+        if owned.devices:
+            for fam in (AF_INET, AF_INET6, AF_BRIDGE):
+                for p in self._dump(RTM_GETNEIGH, _NDMSG.pack(fam, 0, 0, 0, 0)):
+                    if _NDMSG.unpack_from(p, 0)[0] != fam:
+                        continue
+                    n = parse_neigh(p, owned)
+                    if n is not None:
+                        out.append(n)
+        return out
+
     def observe(
         self, dev_index: int, dev: str, uplink_index: int, uplink: str, network: IPv4Network
-    ) -> PeerState:
-        """The owned routes, neighbours and FDB entries (same scope as Netlink.observe)."""
-        routes: set[Route] = set()
-        for p in self._dump(RTM_GETROUTE, _RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
-            family, dst_len, _s, _t, table, _proto, _scope, rtype, rflags = _RTMSG.unpack_from(p, 0)
-            if family != AF_INET or rtype != RTN_UNICAST:
-                continue
-            a = _attrs(p, _RTMSG.size)
-            if RTA_TABLE in a:
-                (table,) = struct.unpack_from("=I", a[RTA_TABLE])
-            if table != RT_TABLE_MAIN or RTA_GATEWAY not in a or RTA_DST not in a or RTA_OIF not in a:
-                continue
-            (oif,) = struct.unpack_from("=i", a[RTA_OIF])
-            if oif not in (dev_index, uplink_index):
-                continue
-            net = IPv4Network((bytes(a[RTA_DST]), dst_len))
-            gw = IPv4Address(bytes(a[RTA_GATEWAY]))
-            if oif == dev_index:
-                routes.add(Route(net, gw, dev, bool(rflags & RTNH_F_ONLINK)))
-            elif net.subnet_of(network):
-                routes.add(Route(net, gw, uplink, bool(rflags & RTNH_F_ONLINK)))
-        neighs: set[Neigh] = set()
-        fdbs: set[Fdb] = set()
-        for family in (AF_INET, AF_BRIDGE):
-            for p in self._dump(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, 0, 0)):
-                fam, ifindex, state, nflags, _ntype = _NDMSG.unpack_from(p, 0)
-                if ifindex != dev_index or fam != family:
-                    continue
-                a = _attrs(p, _NDMSG.size)
-                if NDA_DST not in a or NDA_LLADDR not in a:
-                    continue
-                mac = ":".join(f"{b:02x}" for b in bytes(a[NDA_LLADDR]))
-                if fam == AF_INET and state & NUD_PERMANENT and len(a[NDA_DST]) == 4:
-                    neighs.add(Neigh(IPv4Address(bytes(a[NDA_DST])), mac, dev))
-                elif fam == AF_BRIDGE and nflags & NTF_SELF and len(a[NDA_DST]) == 4:
-                    fdbs.add(Fdb(mac, IPv4Address(bytes(a[NDA_DST])), dev))
-        return PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+    ) -> list[Entry]:
+        """The owned entries of one vxlan device and its uplink (the first milestone's scope)."""
+        return self.observe_owned(Owned({dev_index: dev}, uplink_index, uplink, (network,)))
 
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One parsed notification: an owned entry now present (``gone`` False) or deleted."""
+
+    entry: Entry
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkGone:
+    """An owned device was deleted (or renamed away): its entries went without notifications."""
+
+    name: str
+
+
+class Overrun:
+    """ENOBUFS on the monitor socket: notifications were lost."""
+
+
+class Monitor:
+    """A non-blocking rtnetlink socket subscribed to link, neighbour and route notifications."""
+
+    def __init__(self, rcvbuf: int = 8 * 1024 * 1024) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:  # root may exceed rmem_max; a bigger buffer means fewer full resyncs after bursts
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self, owned: Owned) -> list[Change | LinkGone | Overrun]:
+        """Everything queued now (never blocks)."""
+        out: list[Change | LinkGone | Overrun] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return out
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    out.append(Overrun())
+                    continue
+                raise
+            for mtype, _flags, _seq, payload in _messages(data):
+                if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+                    r = parse_route(payload, owned)
+                    if r is not None:
+                        out.append(Change(r, mtype == RTM_DELROUTE))
+                elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                    n = parse_neigh(payload, owned, mtype == RTM_DELNEIGH)
+                    if n is not None:
+                        out.append(Change(n, mtype == RTM_DELNEIGH))
+                elif mtype == RTM_DELLINK:
+                    index, name = _link_name(payload)
+                    if index in owned.devices:
+                        out.append(LinkGone(owned.devices[index]))
+                elif mtype == RTM_NEWLINK:
+                    index, name = _link_name(payload)
+                    if index in owned.devices and name != owned.devices[index]:
+                        out.append(LinkGone(owned.devices[index]))
+                elif mtype == NLMSG_OVERRUN:
+                    out.append(Overrun())

@@ -139,6 +139,12 @@ class SubnetRegistry:
         rev = await self.client.put(key, attrs.to_json(), lease_id)
         return Lease(lease.subnet, attrs, lease.subnet6, lease_id, time.time() + granted, rev)
 
+    async def rewrite_lease(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
+        """New attrs on our key, on the etcd lease it already hangs on (so its expiry is unchanged)."""
+        key = self.lease_key(lease.subnet, lease.subnet6)
+        rev = await self.client.put(key, attrs.to_json(), lease.lease_id)
+        return Lease(lease.subnet, attrs, lease.subnet6, lease.lease_id, lease.expiration, rev)
+
     async def renew_lease(self, lease: Lease, ttl: int = LEASE_TTL) -> Lease | None:
         """Refresh the etcd lease behind our key. None if it no longer exists.
 

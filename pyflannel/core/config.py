@@ -35,6 +35,8 @@ class NetworkConfig:
     ipv6_subnet_min: IPv6Address | None = None
     ipv6_subnet_max: IPv6Address | None = None
     backend_type: str = "udp"
+    # EnableNFTables (flannel v0.25+); None when absent, so the host may decide (docs/firewall.md).
+    enable_nftables: bool | None = None
     # The Backend object as decoded JSON; compared by the fields above, not by this.
     backend: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -195,6 +197,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         ipv6_subnet_min=ipv6_subnet_min,
         ipv6_subnet_max=ipv6_subnet_max,
         backend_type=btype.lower(),
+        enable_nftables=None if d.get("enablenftables") is None else _get_bool(d, "EnableNFTables", False),
         backend=backend,
     )
 

@@ -162,9 +162,9 @@ class PeerTable:
         pub = le.attrs.public_ip
         if own is not None and pub == own.attrs.public_ip and int(pub) != 0:
             return f"PublicIP {pub} is our own"
-        if le.subnet.version == 4 and (int(pub) == 0 or pub.is_multicast or pub.is_loopback):
-            if not (int(pub) == 0 and le.attrs.public_ipv6 is not None):
-                return f"PublicIP {pub} is not a unicast host address"
+        v6_only = int(pub) == 0 and le.attrs.public_ipv6 is not None  # an IPv6-only node publishes 0.0.0.0
+        if (int(pub) == 0 or pub.is_multicast or pub.is_loopback) and not v6_only:
+            return f"PublicIP {pub} is not a unicast host address"
         return ""
 
     def _priority(self, key: str) -> tuple[int, int, int, str]:

@@ -90,3 +90,13 @@ def diff(desired: Iterable[Entry], actual: Iterable[Entry]) -> list[Op]:
         if ident not in want:
             ops.extend(Op("delete", c) for c in cur)
     return ops
+
+
+def plan_entries(desired: Iterable[Entry], actual: Iterable[Entry]) -> list[Op]:
+    """:func:`plan` over plain entry lists (any entry type the ranks know)."""
+    return sorted(diff(desired, actual), key=_rank)
+
+
+def order(ops: Iterable[Op]) -> list[Op]:
+    """Ops in the safe order (see the module docstring)."""
+    return sorted(ops, key=_rank)

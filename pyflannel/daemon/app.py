@@ -1,12 +1,20 @@
-"""flanneld's life cycle: start-up in flanneld's order, then supervised root tasks.
+"""flanneld's life cycle over the ports: start-up in flanneld's order, then supervised root tasks.
 
-Start-up: config (retried every second) -> interface -> VXLAN device (so the VtepMAC is
-known) -> lease -> device address -> iptables rules -> subnet.env -> lease snapshot ->
-first reconcile pass -> READY=1 to systemd. Then these run until SIGTERM/SIGINT:
-the lease watcher, the reconciler, the lease keeper, the iptables resync loop and the
-health server. If one of them dies unexpectedly the daemon exits 1 so its supervisor
-restarts it; on a signal it exits 0 and leaves the data plane, the lease and subnet.env in
-place, so a restart is hitless.
+Start-up: health server (bound first, so a bad port fails at once) -> network config
+(retried) -> backend by name -> interface -> devices (so BackendData is known) -> lease ->
+device address -> firewall rules -> subnet.env -> lease events -> first full pass -> READY=1.
+Then these run until SIGTERM/SIGINT: the lease-event consumer, the reconciler, the kernel
+notification watcher, the lease keeper and the rules loop. If one of them dies unexpectedly
+the daemon exits 1 so its supervisor restarts it; on a signal it exits 0 and leaves the data
+plane, the lease and subnet.env in place, so a restart is hitless.
+
+Which subnet manager, backend, firewall and data plane run is decided by name in
+``pyflannel.adapters.catalog``; this module sees only ``pyflannel.ports``.
+
+Network config changes at runtime (docs/operators.md): a change of ``EnableNFTables`` is
+applied in place (the firewall switches mode); a change of anything the lease or the devices
+depend on (Network, SubnetLen/Min/Max, IPv6, Backend) restarts the daemon, after a random
+per-node delay so that a cluster's nodes do not all restart at the same moment.
 """
 
 from __future__ import annotations
@@ -14,32 +22,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import time
-from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Any
 
-from pyflannel.adapters import sdnotify
-from pyflannel.adapters.etcd import EtcdClient, EtcdError, TLSConfig
+from pyflannel.adapters import catalog, sdnotify
 from pyflannel.adapters.files import atomic_write, read_text
-from pyflannel.adapters.iptables import IptablesError, RuleManager, supports_random_fully
-from pyflannel.adapters.netlink import Netlink, NetlinkThread
-from pyflannel.adapters.registry import SubnetRegistry
-from pyflannel.core.backends import vxlan
-from pyflannel.core.config import NetworkConfig, check_backend_type, parse_config
+from pyflannel.core import firewall_mode
+from pyflannel.core.config import NetworkConfig, parse_config
 from pyflannel.core.errors import ConfigError, FlannelError, OutOfSubnets, SubnetEnvError
 from pyflannel.core.flags import Options
-from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
-from pyflannel.core.model import VxlanLink
-from pyflannel.core.rules import ChainSpec, forward_chain, masq_chain
+from pyflannel.core.lease import Lease
+from pyflannel.core.peers import PeerTable
 from pyflannel.core.subnet_env import SubnetEnv, parse_env_text, previous_subnets
-from pyflannel.daemon.iface import Uplink, select_uplink
-from pyflannel.daemon.lease_keeper import LeaseKeeper
+from pyflannel.daemon.iface import select_uplink
 from pyflannel.daemon.metrics import DaemonMetrics, status_path
 from pyflannel.daemon.reconciler import Reconciler
-from pyflannel.daemon.watcher import LeaseWatcher
+from pyflannel.ports import (
+    Backend,
+    BadLeaseSeen,
+    ConfigChanged,
+    Firewall,
+    FirewallSpec,
+    LeaseAdded,
+    LeaseRemoved,
+    LeaseResync,
+    PreviousSubnets,
+    SubnetManager,
+    Uplink,
+)
 
 log = logging.getLogger("pyflannel.flanneld")
+
+# A config change that needs a restart waits this long at most (uniformly random per node).
+RESTART_SPREAD = 30.0
 
 
 class Fatal(FlannelError):
@@ -54,39 +74,80 @@ class Readiness:
     in_sync: bool = False
 
     def missing(self) -> list[str]:
-        names = {"lease": "no subnet lease", "rules": "iptables rules not installed",
+        names = {"lease": "no subnet lease", "rules": "firewall rules not installed",
                  "subnet_file": "subnet file not written", "in_sync": "kernel does not match the leases"}
         return [msg for k, msg in names.items() if not getattr(self, k)]
 
 
+class _Views:
+    """Read-only views for the status file and /metrics (which read ``daemon.keeper``/``watcher``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.d.lease
+
+    @property
+    def reacquisitions(self) -> int:
+        return int(getattr(getattr(self.d.sm, "keeper", None), "reacquisitions", 0))
+
+    @property
+    def leases(self) -> dict[str, Lease]:
+        return self.d.table.leases if self.d.table is not None else {}
+
+    @property
+    def watch_restarts(self) -> int:
+        return int(getattr(self.d.sm, "watch_restarts", 0))
+
+    @property
+    def errors(self) -> int:
+        return int(getattr(self.d.sm, "errors", 0))
+
+    @property
+    def resyncs(self) -> int:
+        return int(getattr(self.d.firewall, "resyncs", 0))
+
+
+def lease_key(key: str) -> str:
+    """Event keys may carry a path (etcd); the table keys leases by the subnet key alone."""
+    return key.rsplit("/", 1)[-1]
+
+
 class Daemon:
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, sm: SubnetManager | None = None, host: Any = None,
+                 firewalls: dict[str, Firewall] | None = None, rng: random.Random | None = None) -> None:
         self.opts = opts
         self.stop = asyncio.Event()
         self.exit_code = 0
         self.ready = Readiness()
+        self.rng = rng or random.Random()
         # Reconcile-duration histogram and <subnet-file dir>/pyflannel-status.json (flannelctl status).
         self.metrics = DaemonMetrics(status_path(opts.subnet_file))
-        tls = None
-        if opts.etcd_cafile or opts.etcd_certfile:
-            tls = TLSConfig(opts.etcd_cafile or None, opts.etcd_certfile or None, opts.etcd_keyfile or None)
-        else:
-            log.warning("etcd connection is not secured with TLS (no -etcd-certfile/-etcd-keyfile)")
-        endpoints = [e for e in opts.etcd_endpoints.split(",") if e.strip()]
-        self.client = EtcdClient(endpoints, tls=tls, username=opts.etcd_username or None,
-                                 password=opts.etcd_password or None)
-        self.registry = SubnetRegistry(self.client, opts.etcd_prefix)
-        self.nl = NetlinkThread()
-        self.rules = RuleManager()
+        self.sm: SubnetManager = sm if sm is not None else catalog.subnet_manager(opts)
+        self.subnet_manager = self.sm
+        self.host = host if host is not None else catalog.Host()
+        self.dataplane = self.host.dataplane
+        self._firewalls = firewalls
+        self.firewall: Firewall | None = None
         self.config: NetworkConfig | None = None
-        self.vopts: vxlan.VxlanOptions | None = None
-        self.keeper: LeaseKeeper | None = None
+        self.backend: Backend | None = None
+        self.uplink: Uplink | None = None
+        self.table: PeerTable | None = None
         self.reconciler: Reconciler | None = None
-        self.watcher: LeaseWatcher | None = None
+        self.lease: Lease | None = None
         self.mtu = 0
+        views = _Views(self)
+        self.keeper: Any = views
+        self.watcher: Any = views
+        self.rules: Any = views
         self._env_written: str | None = None
+        self._env_error: str | None = None
         self._rules_wake = asyncio.Event()
-        self._random_fully = False
+        self._rejected_seen: set[tuple[str, str]] = set()
+        self._bad_seen: dict[str, str] = {}
+        self._restart_task: asyncio.Task[None] | None = None
         self._t_last = time.monotonic()
 
     # --- start-up steps ------------------------------------------------------------------
@@ -96,10 +157,8 @@ class Daemon:
         n = 0
         while True:
             try:
-                cfg = await self.registry.get_config()
-                check_backend_type(cfg)
-                return cfg
-            except (ConfigError, EtcdError) as e:
+                return await self.sm.get_network_config()
+            except (FlannelError, OSError) as e:
                 msg = str(e)
                 n += 1
                 # flanneld logs every second forever; log changes at once, repeats every 30 s.
@@ -108,225 +167,333 @@ class Daemon:
                 last = msg
             await asyncio.sleep(1.0)
 
-    def read_previous(self) -> IPv4Network | None:
+    def read_previous(self) -> PreviousSubnets:
         try:
             text = read_text(self.opts.subnet_file)
         except (OSError, ValueError) as e:  # e.g. its directory is a file, or it is not text
             log.warning("Ignoring previous subnet file %s: %s", self.opts.subnet_file, e)
-            return None
+            return PreviousSubnets()
         if text is None:
-            return None
+            return PreviousSubnets()
         try:
-            prev, _ = previous_subnets(parse_env_text(text, self.opts.subnet_file))
+            prev, prev6 = previous_subnets(parse_env_text(text, self.opts.subnet_file))
         except SubnetEnvError as e:
             log.warning("Ignoring previous subnet file: %s", e)
-            return None
+            return PreviousSubnets()
         assert self.config is not None
         if prev is not None and not self.config.subnet_fits(prev):
             log.info("Found previously leased subnet (%s), but it is not compatible with the network config, "
                      "ignoring", prev)
-            return None
-        return prev
+            prev = None
+        return PreviousSubnets(prev, prev6)
 
-    async def acquire(self, previous: IPv4Network | None) -> Lease:
-        assert self.keeper is not None and self.config is not None
+    async def acquire(self, previous: PreviousSubnets) -> Lease:
+        assert self.backend is not None and self.uplink is not None
         while True:
             try:
-                return await self.keeper.acquire(self.config, previous)
+                return await self.sm.acquire_lease(self.backend.lease_attrs(self.uplink), previous)
             except OutOfSubnets as e:
                 log.error("Failed to acquire lease: %s (retrying in 10s)", e)
                 await asyncio.sleep(10)
-            except FlannelError as e:  # etcd errors, or 10 lost races in a row: never exit for these
+            except ConfigError as e:  # e.g. kube mode: a podCIDR outside the Network
+                raise Fatal(f"Failed to acquire lease: {e}") from None
+            except (FlannelError, OSError) as e:  # etcd errors, or 10 lost races in a row: never exit
                 log.error("Failed to acquire lease: %s (retrying in 1s)", e)
                 await asyncio.sleep(1)
 
-    def chains(self) -> list[ChainSpec]:
-        assert self.config is not None and self.config.network is not None and self.keeper is not None
-        lease = self.keeper.lease
-        assert lease is not None
-        out = []
-        if self.opts.ip_masq:
-            out.append(masq_chain(self.config.network, lease.subnet, self._random_fully))
-        if self.opts.iptables_forward_rules:
-            out.append(forward_chain(self.config.network))
-        return out
+    # --- firewall ------------------------------------------------------------------------
 
-    def chains_wanted(self) -> bool:
+    def firewall_spec(self) -> FirewallSpec:
+        assert self.config is not None
+        lease = self.lease
+        random_fully = not self.opts.ip_masq_fully_random_disable
+        return FirewallSpec(
+            network=self.config.network if self.config.enable_ipv4 else None,
+            subnet=lease.subnet if lease is not None and self.config.enable_ipv4 else None,
+            network6=self.config.ipv6_network if self.config.enable_ipv6 else None,
+            subnet6=lease.subnet6 if lease is not None and self.config.enable_ipv6 else None,
+            ip_masq=self.opts.ip_masq,
+            forward=self.opts.iptables_forward_rules,
+            random_fully=random_fully,
+        )
+
+    def _firewall(self, name: str) -> Firewall:
+        if self._firewalls is not None:
+            return self._firewalls[name]
+        return catalog.firewall(name)
+
+    def choose_firewall(self) -> Firewall:
+        """iptables or nftables (docs/firewall.md); the other mode's leftovers are removed."""
+        assert self.config is not None
+        ipt = self._firewall("iptables")
+        problem = ipt.available() if self.config.enable_nftables is not True else ""
+        decision = firewall_mode.decide(self.config.enable_nftables, problem)
+        if decision.unusable:
+            raise Fatal(decision.reason)
+        log.info("%s", decision.reason)
+        chosen = ipt if decision.mode == "iptables" else self._firewall("nftables")
+        other = self._firewall(decision.other)
+        if not other.available():
+            try:
+                other.cleanup()
+            except FlannelError as e:
+                log.warning("Could not remove %s state: %s", other.name, e)
+        return chosen
+
+    def rules_wanted(self) -> bool:
         return bool(self.opts.ip_masq or self.opts.iptables_forward_rules)
 
-    async def ensure_rules(self, saved: str | None = None) -> None:
-        chains = self.chains()
-        if not chains:
+    async def ensure_rules(self, force: bool = False) -> None:
+        if not self.rules_wanted() or self.firewall is None:
             self.ready.rules = True
             return
+        fw, spec = self.firewall, self.firewall_spec()
         try:
-            await asyncio.to_thread(self.rules.ensure, chains, self.opts.iptables_forward_rules, saved)
+            if force:
+                await asyncio.to_thread(fw.ensure, spec)
+            else:
+                missing = await asyncio.to_thread(fw.missing, spec)
+                if missing:
+                    log.info("Some %s rules are missing (%s); recreating them", fw.name, "; ".join(missing[:3]))
+                    await asyncio.to_thread(fw.ensure, spec)
+            if not self.ready.rules and not force:
+                log.info("%s rules are in place again", fw.name)
             self.ready.rules = True
-        except IptablesError as e:
+        except FlannelError as e:
+            if self.ready.rules or force:
+                log.error("Failed to set up %s rules: %s (retrying every %ds)", fw.name, e,
+                          self.opts.iptables_resync)
             self.ready.rules = False
-            log.error("Failed to set up iptables rules: %s (retrying in %ds)", e, self.opts.iptables_resync)
-
-    def write_subnet_env(self) -> None:
-        assert self.config is not None and self.keeper is not None and self.keeper.lease is not None
-        text = SubnetEnv(self.config.network, self.keeper.lease.subnet, self.mtu, self.opts.ip_masq).render()
-        try:
-            if text == self._env_written and read_text(self.opts.subnet_file) == text:
-                return
-            atomic_write(self.opts.subnet_file, text, 0o644)
-        except (OSError, ValueError) as e:
-            self.ready.subnet_file = False
-            # Every reconcile pass retries; say it once per distinct error, not once per pass.
-            if str(e) != getattr(self, "_env_error", None):
-                log.error("Failed to write subnet file %s: %s (retrying on every resync, each %ds)",
-                          self.opts.subnet_file, e, self.opts.resync_period)
-            self._env_error: str | None = str(e)
-            return
-        if getattr(self, "_env_error", None) is not None:
-            log.info("Subnet file %s can be written again", self.opts.subnet_file)
-            self._env_error = None
-        self._env_written = text
-        self.ready.subnet_file = True
-        log.info("Wrote subnet file to %s", self.opts.subnet_file)
-
-    def on_config(self, text: str | None) -> None:
-        if text is None:
-            log.error("Network config %s was deleted; continuing with the running config", self.registry.config_key)
-            return
-        try:
-            new = parse_config(text)
-            check_backend_type(new)
-            new_vopts = vxlan.parse_options(new.backend) if new.backend_type == "vxlan" else None
-        except ConfigError as e:
-            log.error("New network config %s is invalid, keeping the running one: %s", self.registry.config_key, e)
-            return
-        if new == self.config and new_vopts == self.vopts:
-            return
-        assert self.config is not None
-        log.error("Network config changed (Network %s -> %s, backend %s -> %s); exiting so that the "
-                  "supervisor restarts flanneld with it", self.config.network, new.network,
-                  self.config.backend_type, new.backend_type)
-        self.exit_code = 1
-        self.stop.set()
-
-    def on_leases_changed(self) -> None:
-        if self.keeper is not None and self.watcher is not None:
-            self.keeper.check_own(self.watcher.leases, self.watcher.revision)
-        if self.reconciler is not None:
-            self.reconciler.trigger()
-
-    def on_lease_replaced(self, lease: Lease) -> None:
-        self._rules_wake.set()
-        if self.reconciler is not None:
-            self.reconciler.trigger()
-
-    def after_pass(self) -> None:
-        assert self.reconciler is not None
-        self.ready.in_sync = self.reconciler.stats.in_sync
-        self.write_subnet_env()
-        self.metrics.after_pass(self)
-
-    async def start(self) -> None:
-        opts = self.opts
-        self._step("start")
-        self.config = await self.wait_for_config()
-        self._step("config")
-        cfg = self.config
-        if cfg.backend_type != vxlan.BACKEND_TYPE:
-            raise Fatal(f"backend type {cfg.backend_type!r} is not supported by pyflannel yet (supported: vxlan)")
-        if cfg.enable_ipv6:
-            raise Fatal("EnableIPv6 is set, but IPv6 and dual-stack are not supported by pyflannel yet")
-        assert cfg.network is not None
-        try:
-            self.vopts = vxlan.parse_options(cfg.backend)
-        except ConfigError as e:
-            raise Fatal(f"Error registering network: {e}") from None
-        vopts = self.vopts
-
-        def pick(n: Netlink) -> Uplink:
-            return select_uplink(n.links(), n.default_route_oif(), n.route_get, opts.iface, opts.iface_regex,
-                                 opts.iface_can_reach, opts.public_ip)
-
-        uplink = await self.nl.run(pick)
-        self._step("interface")
-        self.mtu = vxlan.mtu_for(uplink.link.mtu, vopts)
-        link = VxlanLink(vopts.device, vopts.vni, uplink.iface_addr, uplink.link.index, vopts.port, vopts.gbp,
-                         vopts.learning, (vopts.mtu - 50) if vopts.mtu else None)
-        protected = [a.network for a in uplink.link.addrs]
-        self.keeper = LeaseKeeper(self.registry, uplink.public_ip, self.lease_attrs,
-                                  opts.subnet_lease_renew_margin * 60)
-        self.reconciler = Reconciler(self.nl, link, uplink.link.name, cfg.network, vopts,
-                                     lambda: self.keeper.lease if self.keeper else None,
-                                     lambda: self.watcher.leases if self.watcher else {},
-                                     protected, self.after_pass)
-        _, self._mac = await self.reconciler.ensure_device(None)
-        self._step("device")
-        previous = self.read_previous()
-        lease = await self.acquire(previous)
-        self._step("lease")
-        self.ready.lease = True
-        await self.nl.run(Netlink.ensure_address, self.reconciler.dev_index,
-                          IPv4Interface(f"{lease.subnet.network_address}/32"))
-        saved: str | None = None
-        if self.chains_wanted():
-            try:
-                saved = await asyncio.to_thread(self.rules.save_all)
-            except IptablesError as e:
-                log.error("Failed to read iptables rules: %s (retrying in %ds)", e, opts.iptables_resync)
-        self._random_fully = not opts.ip_masq_fully_random_disable and await asyncio.to_thread(
-            supports_random_fully, saved or "")
-        await self.ensure_rules(saved)
-        self._step("rules")
-        self.write_subnet_env()
-        self._step("subnet file")
-        self.watcher = LeaseWatcher(self.registry, self.on_leases_changed, self.on_config)
-        if self.keeper.snapshot is not None:
-            self.watcher.seed(*self.keeper.snapshot)
-
-    def _step(self, name: str) -> None:
-        now = time.monotonic()
-        log.debug("start-up step %s done after %.1f ms", name, (now - self._t_last) * 1000)
-        self._t_last = now
-
-    def lease_attrs(self) -> LeaseAttrs:
-        assert self.vopts is not None and self.keeper is not None
-        return LeaseAttrs(public_ip=self.keeper.public_ip, backend_type=vxlan.BACKEND_TYPE,
-                          backend_data=VxlanData(self.vopts.vni, self._mac).to_json())
-
-    # --- root tasks ----------------------------------------------------------------------
 
     async def rules_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.opts.iptables_resync):  # not wait_for: see Reconciler.run
                     await self._rules_wake.wait()
+            force = self._rules_wake.is_set()
             self._rules_wake.clear()
-            await self.ensure_rules()
+            await self.ensure_rules(force=force)
+
+    # --- subnet.env ----------------------------------------------------------------------
+
+    def write_subnet_env(self) -> None:
+        assert self.config is not None and self.lease is not None
+        cfg, lease = self.config, self.lease
+        env = SubnetEnv(cfg.network if cfg.enable_ipv4 else None, lease.subnet if cfg.enable_ipv4 else None,
+                        self.mtu, self.opts.ip_masq,
+                        cfg.ipv6_network if cfg.enable_ipv6 else None, lease.subnet6 if cfg.enable_ipv6 else None)
+        text = env.render()
+        try:
+            if text == self._env_written and read_text(self.opts.subnet_file) == text:
+                return
+            atomic_write(self.opts.subnet_file, text, 0o644)
+        except (OSError, ValueError) as e:
+            self.ready.subnet_file = False
+            if str(e) != self._env_error:  # once per distinct error, not once per pass
+                log.error("Failed to write subnet file %s: %s (retrying after every reconcile pass)",
+                          self.opts.subnet_file, e)
+            self._env_error = str(e)
+            return
+        if self._env_error is not None:
+            log.info("Subnet file %s can be written again", self.opts.subnet_file)
+            self._env_error = None
+        self._env_written = text
+        self.ready.subnet_file = True
+        log.info("Wrote subnet file to %s", self.opts.subnet_file)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_config(self, text: str | None) -> None:
+        if text is None:
+            log.error("Network config was deleted; continuing with the running config")
+            return
+        try:
+            new = parse_config(text)
+            if new.backend_type in catalog.NOT_SUPPORTED:
+                raise ConfigError(catalog.NOT_SUPPORTED[new.backend_type])
+        except ConfigError as e:
+            log.error("New network config is invalid, keeping the running one: %s", e)
+            return
+        cur = self.config
+        assert cur is not None
+        if new == cur and new.backend == cur.backend:
+            return
+        if replace(new, enable_nftables=cur.enable_nftables) == cur and new.backend == cur.backend:
+            log.info("Network config changed EnableNFTables (%s -> %s); switching firewall mode in place",
+                     cur.enable_nftables, new.enable_nftables)
+            self.config = new
+            try:
+                self.firewall = self.choose_firewall()
+            except Fatal as e:
+                log.error("%s; keeping the %s rules", e, self.firewall.name if self.firewall else "current")
+                self.config = cur
+                return
+            self._rules_wake.set()
+            return
+        if self._restart_task is not None:
+            return
+        delay = self.rng.uniform(0, RESTART_SPREAD)
+        log.warning("Network config changed (Network %s -> %s, backend %s -> %s); restarting in %.1fs "
+                    "(a random delay, so that nodes do not all restart at once)", cur.network, new.network,
+                    cur.backend_type, new.backend_type, delay)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            log.error("Exiting so that the supervisor restarts flanneld with the new network config")
+            self.exit_code = 1
+            self.stop.set()
+
+        self._restart_task = asyncio.create_task(later(), name="config-restart")
+
+    def _note_rejected(self, keys: Iterable[str]) -> None:
+        assert self.table is not None
+        for key in keys:
+            v = self.table.verdicts.get(key)
+            if v is not None and v.rejected and (key, v.rejected) not in self._rejected_seen:
+                self._rejected_seen.add((key, v.rejected))
+                log.warning("Ignoring subnet lease %s: %s", key, v.rejected)
+
+    async def consume_events(self) -> None:
+        assert self.table is not None and self.reconciler is not None
+        table, rec = self.table, self.reconciler
+        async for batch in self.sm.lease_events():
+            changed: set[str] = set()
+            resync = False
+            for ev in batch:
+                if isinstance(ev, LeaseAdded):
+                    changed |= table.put(lease_key(ev.key), ev.lease)
+                elif isinstance(ev, LeaseRemoved):
+                    changed |= table.remove(lease_key(ev.key))
+                elif isinstance(ev, LeaseResync):
+                    before = len(table.leases)
+                    changed |= table.replace_all((le.key_name, le) for le in ev.leases)
+                    if rec.first_pass.is_set():
+                        log.info("lease resync: %d leases (was %d), %d changed", len(table.leases), before,
+                                 len(changed))
+                    resync = True
+                elif isinstance(ev, BadLeaseSeen):
+                    if self._bad_seen.get(ev.key) != ev.reason:
+                        self._bad_seen[ev.key] = ev.reason
+                elif isinstance(ev, ConfigChanged):
+                    self.on_config(ev.text)
+            self._note_rejected(changed)
+            rec.mark(changed)
+            if resync:
+                rec.request_full("lease stream resync")
+            self.synced.set()
+
+    def on_lease_replaced(self, lease: Lease) -> None:
+        assert self.table is not None and self.reconciler is not None
+        old, self.lease = self.lease, lease
+        if old is not None and (old.subnet, old.subnet6) != (lease.subnet, lease.subnet6):
+            log.warning("Subnet changed from %s to %s", old.subnet, lease.subnet)
+            self._rules_wake.set()
+            self.reconciler.mark(self.table.set_own(lease))
+            self.reconciler.request_full("own lease changed")
+
+    def after_pass(self) -> None:
+        assert self.reconciler is not None
+        self.ready.in_sync = self.reconciler.stats.in_sync
+        if self.lease is not None:
+            self.write_subnet_env()
+        self.metrics.after_pass(self)
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _step(self, name: str) -> None:
+        now = time.monotonic()
+        log.debug("start-up step %s done after %.1f ms", name, (now - self._t_last) * 1000)
+        self._t_last = now
+
+    async def find_uplink(self) -> Uplink:
+        opts = self.opts
+
+        def pick(n: Any) -> Uplink:
+            up = select_uplink(n.links(), n.default_route_oif(), n.route_get, opts.iface, opts.iface_regex,
+                               opts.iface_can_reach, opts.public_ip)
+            nets: list[IPv4Network | IPv6Network] = [a.network for a in up.link.addrs]
+            return Uplink(up.link.name, up.link.index, up.link.mtu, up.iface_addr, up.public_ip,
+                          getattr(up, "iface_addr6", None), getattr(up, "public_ipv6", None), tuple(nets))
+
+        return await self.dataplane.query(pick)
+
+    async def start(self) -> None:
+        self._step("start")
+        self.config = cfg = await self.wait_for_config()
+        self._step("config")
+        try:
+            self.backend = backend = catalog.backend(cfg, self.host, self.sm)
+        except ConfigError as e:
+            raise Fatal(str(e)) from None
+        self.uplink = uplink = await self.find_uplink()
+        self._step("interface")
+        try:
+            await backend.setup(uplink)
+        except ConfigError as e:
+            raise Fatal(f"Error registering network: {e}") from None
+        self.mtu = backend.mtu
+        self._step("device")
+        previous = self.read_previous()
+        self.lease = lease = await self.acquire(previous)
+        self._step("lease")
+        self.ready.lease = True
+        await backend.on_lease(lease)
+        networks: list[IPv4Network | IPv6Network] = []
+        if cfg.enable_ipv4 and cfg.network is not None:
+            networks.append(cfg.network)
+        if cfg.enable_ipv6 and cfg.ipv6_network is not None:
+            networks.append(cfg.ipv6_network)
+        protected = [n for n in uplink.networks if not any(n.version == m.version and n.subnet_of(m)  # type: ignore[arg-type]
+                                                           for m in networks)]
+
+        def entries_for(le: Lease) -> tuple[tuple[Any, ...], str]:
+            pe = backend.peer_entries(le)
+            return pe.entries, pe.rejected
+
+        self.table = PeerTable(networks, protected, lease.subnet.prefixlen, backend.backend_type, entries_for, lease)
+        self.reconciler = Reconciler(backend, self.dataplane, self.table, lambda: self.lease, self.after_pass,
+                                     self.rng)
+        if self.rules_wanted():
+            self.firewall = self.choose_firewall()
+        await self.ensure_rules(force=True)
+        self._step("rules")
+        self.write_subnet_env()
+        self._step("subnet file")
+
+    def lease_attrs(self) -> Any:
+        assert self.backend is not None and self.uplink is not None
+        return self.backend.lease_attrs(self.uplink)
+
+    # --- root tasks ----------------------------------------------------------------------
 
     async def first_sync_and_notify(self) -> None:
-        assert self.watcher is not None and self.reconciler is not None
-        await self.watcher.synced.wait()
-        # Wake the loop and wait for its first complete pass, rather than running a pass of our own:
-        # a lease event may already have started one, and two full passes at start cost twice.
-        self.reconciler.trigger()
+        assert self.reconciler is not None
+        await self.synced.wait()
+        self.reconciler.request_full("first sync")
         await self.reconciler.first_pass.wait()
         if sdnotify.notify("READY=1"):
             log.info("Notified systemd: READY=1")
-        log.info("Running: lease %s, %d peers", self.keeper.lease.subnet if self.keeper and self.keeper.lease
-                 else "-", self.reconciler.stats.desired_peers)
+        log.info("Running: lease %s, %d peers", self.lease.subnet if self.lease else "-",
+                 self.reconciler.stats.desired_peers)
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        self.synced = asyncio.Event()
         stopper = asyncio.create_task(self.stop.wait())
-        # The health server starts before the config is read, as flanneld's does, so /readyz can say
-        # "waiting for the network config" instead of refusing connections.
-        health: asyncio.Task[None] | None = None
-        if self.opts.healthz_port:
-            from pyflannel.daemon.health import serve_health
-
-            health = asyncio.create_task(serve_health(self), name="healthz")
+        health: Any = None
+        tasks: set[asyncio.Task[Any]] = set()
         try:
+            # The health server binds before the config is read, as flanneld's does, so /readyz can say
+            # "waiting for the network config" and a port that cannot be bound fails at once.
+            if self.opts.healthz_port:
+                from pyflannel.daemon.health import start_health
+
+                try:
+                    health = await start_health(self)
+                except OSError as e:
+                    raise Fatal(str(e)) from None
             starting = asyncio.create_task(self.start())
             done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if starting not in done:
@@ -335,17 +502,18 @@ class Daemon:
                 log.info("Exiting cleanly...")
                 return self.exit_code
             starting.result()
-            assert self.watcher and self.reconciler and self.keeper
+            assert self.reconciler is not None
+            rec = self.reconciler
             tasks = {
-                asyncio.create_task(self.watcher.run(), name="watcher"),
-                asyncio.create_task(self.reconciler.run(self.opts.resync_period), name="reconciler"),
-                asyncio.create_task(self.keeper.run(lambda: self.config, self.on_lease_replaced),  # type: ignore
-                                    name="lease-keeper"),
-                asyncio.create_task(self.rules_loop(), name="iptables"),
+                asyncio.create_task(self.consume_events(), name="lease-events"),
+                asyncio.create_task(rec.watch_kernel(), name="kernel-notifications"),
+                asyncio.create_task(rec.run(self.opts.resync_period), name="reconciler"),
+                asyncio.create_task(self.sm.keep_lease(self.lease_attrs, self.on_lease_replaced), name="lease"),
+                asyncio.create_task(self.rules_loop(), name="rules"),
                 asyncio.create_task(self.first_sync_and_notify(), name="first-sync"),
             }
             if health is not None:
-                tasks.add(health)
+                tasks.add(asyncio.create_task(health.serve_forever(), name="healthz"))
             while True:
                 done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
                 crashed = [t for t in done if t is not stopper and (t.cancelled() or t.exception())]
@@ -358,9 +526,6 @@ class Daemon:
                     break
                 if stopper in done:
                     break
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             log.info("Exiting cleanly...")
             return self.exit_code
         except Fatal as e:
@@ -368,11 +533,19 @@ class Daemon:
             return 1
         finally:
             stopper.cancel()
-            if health is not None and not health.done():
-                health.cancel()
-                await asyncio.gather(health, return_exceptions=True)
-            await self.client.close()
-            self.nl.close()
+            if self._restart_task is not None:
+                tasks.add(self._restart_task)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if health is not None:
+                with contextlib.suppress(Exception):
+                    await health.close()
+            if self.backend is not None:
+                with contextlib.suppress(Exception):
+                    await self.backend.close()
+            await self.sm.close()
+            await self.dataplane.close()
 
     def _on_signal(self, sig: int) -> None:
         log.info("Received %s, shutting down (the data plane stays in place)", signal.Signals(sig).name)
@@ -386,3 +559,5 @@ class Daemon:
 def run(opts: Options) -> int:
     return asyncio.run(Daemon(opts).main())
 
+
+__all__ = ["Daemon", "Fatal", "IPv4Address", "run"]

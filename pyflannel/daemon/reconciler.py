@@ -1,44 +1,58 @@
-"""The level-triggered loop: observe the kernel, plan against the leases, apply the diff.
+"""The reconciler: desired against actual, kept per peer, so one event costs O(1) and not O(cluster).
 
-Watch events and a periodic tick (``--resync-period``, default 10 s) only wake the loop;
-every pass recomputes the whole desired state from the lease map and compares it with
-what the kernel has in the scope pyflannel owns. So entries deleted by hand come back,
-entries for peers that left while the daemon was down go away at start-up, and a burst
-of a thousand events costs one pass, not a thousand handlers.
+Still level-triggered: what it converges to is "every routed lease's entries, and nothing
+else in the owned scope", never a replay of events. But both sides are kept incrementally:
 
-A pass also re-checks the node-level state a peer cannot see: the VXLAN device (re-created
-with the published VtepMAC if someone deleted it), its address, and subnet.env.
+* **desired** is the peer table (``core.peers``), updated per lease event; an event marks the
+  keys whose verdict changed as dirty;
+* **actual** is a mirror of the owned kernel objects by identity, kept current from what we
+  applied and from rtnetlink notifications. Our own changes come back as echoes that equal
+  the desired entry and cost nothing; a hand-deleted or hand-changed entry differs from it
+  and marks that identity for repair, which runs at once (no periodic dump needed).
+
+An incremental pass plans only the dirty keys and identities. A **full pass** (dump the owned
+scope, diff everything, re-check the devices) runs at start, after a notification overflow
+or a deleted device, after a lease-stream resync, and on the resync timer. The timer is the
+safety net for what no notification reports; see docs/operators.md for its default.
+
+Failed ops are not rolled back: their keys stay dirty and are retried with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
 
-from pyflannel.adapters.netlink import Netlink, NetlinkThread, random_vtep_mac
-from pyflannel.core.backends import vxlan
 from pyflannel.core.lease import Lease
-from pyflannel.core.model import VxlanLink, link_incompatibilities
-from pyflannel.core.plan import Op, describe, plan
+from pyflannel.core.model import Entry, Neigh
+from pyflannel.core.peers import PeerTable
+from pyflannel.core.plan import Op, describe, order, plan_entries
+from pyflannel.ports import Backend, Dataplane, KernelChange, Overflow
 
 log = logging.getLogger(__name__)
 
 # Below this many ops each one is logged at INFO; above it, a summary (each op at DEBUG).
 DETAIL_LIMIT = 20
+RETRY_MIN = 0.5
+RETRY_MAX = 10.0
 
 
 @dataclass
 class SyncStats:
     passes: int = 0
-    last_sync: float = 0.0
+    full_passes: int = 0
+    last_sync: float = 0.0  # unix time of the last completed pass (0: none yet)
+    last_full_sync: float = 0.0
     last_duration: float = 0.0
     desired_peers: int = 0
     installed_entries: int = 0
     netlink_errors: int = 0
+    repairs: int = 0  # entries changed by someone else and put back
+    overflows: int = 0
     in_sync: bool = False
     durations: list[float] = field(default_factory=list)
 
@@ -46,128 +60,222 @@ class SyncStats:
 class Reconciler:
     def __init__(
         self,
-        nl: NetlinkThread,
-        link: VxlanLink,
-        uplink_name: str,
-        network: IPv4Network,
-        opts: vxlan.VxlanOptions,
+        backend: Backend,
+        dataplane: Dataplane,
+        table: PeerTable,
         own_lease: Callable[[], Lease | None],
-        leases: Callable[[], dict[str, Lease]],
-        protected: list[IPv4Network],
         after_pass: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.nl = nl
-        self.link = link
-        self.uplink_name = uplink_name
-        self.network = network
-        self.opts = opts
+        self.backend = backend
+        self.dataplane = dataplane
+        self.table = table
         self.own_lease = own_lease
-        self.leases = leases
-        self.protected = protected
         self.after_pass = after_pass
-        self.dev_index = 0
-        self.onlink_networks: list[IPv4Network] = []
-        self.wake = asyncio.Event()
+        self.rng = rng or random.Random()
         self.stats = SyncStats()
-        self._rejected_seen: set[tuple[str, str]] = set()
-        # Passes must not overlap: two concurrent observes would both plan the same ops.
+        self.wake = asyncio.Event()
+        self.first_pass = asyncio.Event()  # set when a full pass has completed (READY=1 waits for it)
+        self.mirror: dict[object, Entry] = {}  # identity -> what the kernel has
+        self.owner: dict[object, str] = {}  # identity -> the key whose entry it is
+        self.key_idents: dict[str, tuple[object, ...]] = {}
+        self.dirty: set[str] = set()
+        self.foreign: set[object] = set()  # identities changed by someone else
+        self.need_full = True
+        self.full_reason = "start"
+        self._retry = RETRY_MIN
+        self._failing = False
+        # Passes must not overlap: two concurrent passes would plan the same ops.
         self._lock = asyncio.Lock()
-        self._need_full = True
-        self.first_pass = asyncio.Event()  # set when a pass has completed (READY=1 waits for it)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def mark(self, keys: Iterable[str]) -> None:
+        before = len(self.dirty)
+        self.dirty.update(keys)
+        if len(self.dirty) != before:
+            self.wake.set()
+
+    def request_full(self, reason: str) -> None:
+        if not self.need_full:
+            log.debug("full resync requested: %s", reason)
+        self.need_full = True
+        self.full_reason = reason
+        self.wake.set()
 
     def trigger(self) -> None:
         self.wake.set()
 
-    async def ensure_device(self, mac: str | None) -> tuple[int, str]:
-        """Create, keep or re-create the VXLAN device; returns (ifindex, MAC).
+    def on_kernel(self, changes: list[KernelChange | Overflow]) -> None:
+        """Notifications from the data plane: update the mirror, mark what no longer matches."""
+        for c in changes:
+            if isinstance(c, Overflow):
+                self.stats.overflows += 1
+                log.info("%s; running a full resync", c.reason)
+                self.request_full(c.reason)
+                continue
+            e = c.entry
+            ident = e.ident
+            if c.gone:
+                cur = self.mirror.get(ident)
+                # Not the copy we know of (an extra one, or one we already replaced)? Neighbour deletions
+                # are matched by identity alone: the kernel's message may lack the lladdr.
+                if cur is None or (cur != e and not isinstance(e, Neigh)):
+                    continue
+                del self.mirror[ident]
+            else:
+                self.mirror[ident] = e
+            if self._wanted(ident) != self.mirror.get(ident):
+                self.foreign.add(ident)
+                self.wake.set()
 
-        ``mac`` is the VtepMAC to use if the device must be created; None picks a random one.
-        """
-        live = await self.nl.run(Netlink.read_vxlan, self.link.name)
-        if live is not None:
-            why = link_incompatibilities(self.link, live)
-            if not why:
-                if self.link.mtu and live.mtu != self.link.mtu:
-                    await self.nl.run(Netlink.set_mtu, live.index, self.link.mtu)
-                self.dev_index = live.index
-                return live.index, live.mac
-            log.warning(
-                "%s already exists with incompatible configuration: %s; recreating device",
-                self.link.name, "; ".join(why),
-            )
-            await self.nl.run(Netlink.delete_link, self.link.name)
-        new_mac = mac or random_vtep_mac()
-        await self.nl.run(Netlink.create_vxlan, self.link, new_mac)
-        live = await self.nl.run(Netlink.read_vxlan, self.link.name)
-        assert live is not None
-        log.info("Created VXLAN device %s (VNI %d, VtepMAC %s, local %s)", self.link.name, self.link.vni,
-                 live.mac, self.link.local)
-        self.dev_index = live.index
-        return live.index, live.mac
+    def _wanted(self, ident: object) -> Entry | None:
+        key = self.owner.get(ident)
+        if key is None:
+            return None
+        for e in self.table.entries(key):
+            if e.ident == ident:
+                return e
+        return None
 
-    async def reconcile_once(self, full: bool = True) -> list[tuple[Op, str]]:
-        """One pass. ``full`` also re-checks the device, its address and the on-link networks;
-        a pass woken by a lease event skips that (five netlink round trips) and diffs peers only.
-        """
+    # --- passes -------------------------------------------------------------------------------
+
+    async def reconcile_once(self, full: bool = False) -> list[tuple[Op, str]]:
         async with self._lock:
-            return await self._pass(full or self.dev_index == 0 or self._need_full)
+            if full or self.need_full:
+                return await self._full()
+            return await self._incremental()
 
-    async def _pass(self, full: bool) -> list[tuple[Op, str]]:
+    async def _full(self) -> list[tuple[Op, str]]:
         started = time.monotonic()
+        reason, self.need_full = self.full_reason, False
+        self.dirty.clear()
+        self.foreign.clear()
         own = self.own_lease()
-        if own is None:
-            return []
-        if full:
-            want_mac = own.attrs.vxlan_data().vtep_mac
-            index, mac = await self.ensure_device(want_mac)
-            if mac != want_mac:
-                # Only possible if someone re-created the device by hand with another MAC.
-                log.warning("%s has MAC %s but the lease publishes %s", self.link.name, mac, want_mac)
-            changes = await self.nl.run(
-                Netlink.ensure_address, index, IPv4Interface(f"{own.subnet.network_address}/32")
-            )
-            for c in changes:
-                log.info("%s: %s", self.link.name, c)
-            if self.opts.direct_routing:
-                self.onlink_networks = await self.nl.run(Netlink.connected_networks, self.link.uplink_index)
-            self._need_full = False
-        index = self.dev_index
-
-        # Node-sized leases win over any other size when two overlap: a hand-written /23 over a
-        # node's /24 must not cut that node off (fault test 8c).
-        peers, rejected = vxlan.select_peers(own, self.leases().values(), self.network, self.protected,
-                                             prefer_len=own.subnet.prefixlen)
-        for r in rejected:
-            if (r.key, r.reason) not in self._rejected_seen:
-                self._rejected_seen.add((r.key, r.reason))
-                log.warning("Ignoring subnet lease %s: %s", r.key, r.reason)
-        desired = vxlan.desired_state(
-            self.link.name, peers, self.opts.direct_routing, self.uplink_name, self.onlink_networks
-        )
-        actual = await self.nl.run(
-            Netlink.observe, index, self.link.name, self.link.uplink_index, self.uplink_name, self.network
-        )
-        ops = plan(desired, actual)
-        failed: list[tuple[Op, str]] = []
-        if ops:
-            indexes = {self.link.name: index, self.uplink_name: self.link.uplink_index}
-            failed = await self.nl.run(Netlink.apply, ops, indexes)
-            self._log_ops(ops, failed)
-        self.stats.passes += 1
-        self.stats.last_sync = time.time()
-        self.stats.last_duration = time.monotonic() - started
-        self.stats.durations.append(self.stats.last_duration)
-        del self.stats.durations[:-1000]
-        self.stats.desired_peers = len(peers)
-        self.stats.installed_entries = len(desired.entries()) - len(failed)
-        self.stats.netlink_errors += len(failed)
-        self.stats.in_sync = not failed
+        if own is not None:
+            for change in await self.backend.check_devices(own):
+                log.info("%s", change)
+        indexes = self.backend.indexes()
+        # Desired first: a lease event during the dump marks its key dirty for the next pass.
+        owner: dict[object, str] = {}
+        key_idents: dict[str, tuple[object, ...]] = {}
+        desired: dict[object, Entry] = {}
+        for key in self.table.routed():
+            ids = []
+            for e in self.table.entries(key):
+                ident = e.ident
+                if ident in owner:
+                    log.warning("%s is wanted by leases %s and %s; keeping the first", describe(e),
+                                owner[ident], key)
+                    continue
+                owner[ident] = key
+                desired[ident] = e
+                ids.append(ident)
+            key_idents[key] = tuple(ids)
+        actual = await self.dataplane.observe(self.backend.scope(), indexes)
+        ops = plan_entries(desired.values(), actual)
+        mirror: dict[object, Entry] = {}
+        for e in actual:
+            ident = e.ident
+            want = desired.get(ident)
+            mirror[ident] = want if want == e else e  # share the desired object when equal
+        self.mirror, self.owner, self.key_idents = mirror, owner, key_idents
+        failed = await self._apply(ops, indexes)
+        self.stats.full_passes += 1
+        self.stats.last_full_sync = time.time()
+        log.debug("full resync (%s): %d desired entries, %d in the kernel, %d ops in %.0f ms", reason,
+                  len(desired), len(actual), len(ops), (time.monotonic() - started) * 1000)
+        self._done(started, failed)
         self.first_pass.set()
-        if failed:
-            self._need_full = True  # e.g. ENODEV: the device may have gone
+        return failed
+
+    async def _incremental(self) -> list[tuple[Op, str]]:
+        started = time.monotonic()
+        keys, self.dirty = self.dirty, set()
+        foreign, self.foreign = self.foreign, set()
+        ops: list[Op] = []
+        for key in keys:
+            ops.extend(self._plan_key(key))
+        for ident in foreign:
+            want = self._wanted(ident)
+            cur = self.mirror.get(ident)
+            if want is not None and cur != want:
+                ops.append(Op("replace", want))
+                self.stats.repairs += 1
+            elif want is None and cur is not None:
+                ops.append(Op("delete", cur))
+                self.stats.repairs += 1
+        if not ops:
+            self._done(started, [])
+            return []
+        failed = await self._apply(order(ops), self.backend.indexes())
+        self._done(started, failed)
+        return failed
+
+    def _plan_key(self, key: str) -> list[Op]:
+        ops: list[Op] = []
+        want = self.table.entries(key)
+        old = self.key_idents.get(key, ())
+        ids = []
+        for e in want:
+            ident = e.ident
+            other = self.owner.get(ident)
+            if other is not None and other != key and ident in self.key_idents.get(other, ()):
+                log.warning("%s is wanted by leases %s and %s; keeping the first", describe(e), other, key)
+                continue
+            self.owner[ident] = key
+            ids.append(ident)
+            if self.mirror.get(ident) != e:
+                ops.append(Op("replace", e))
+        keep = set(ids)
+        for ident in old:
+            if ident in keep or self.owner.get(ident) != key:
+                continue
+            del self.owner[ident]
+            cur = self.mirror.get(ident)
+            if cur is not None:
+                ops.append(Op("delete", cur))
+        if ids:
+            self.key_idents[key] = tuple(ids)
+        else:
+            self.key_idents.pop(key, None)
+        return ops
+
+    async def _apply(self, ops: list[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
+        if not ops:
+            return []
+        result = await self.dataplane.apply(ops, indexes)
+        bad = {id(op) for op, _ in result.failed}
+        for op in ops:
+            if id(op) in bad:
+                continue
+            ident = op.entry.ident
+            if op.action == "replace":
+                self.mirror[ident] = op.entry
+            elif self.mirror.get(ident) == op.entry:
+                del self.mirror[ident]
+        for op, _ in result.failed:
+            key = self.owner.get(op.entry.ident)
+            if key is not None:
+                self.dirty.add(key)
+            else:
+                self.foreign.add(op.entry.ident)
+        self._log_ops(ops, result.failed)
+        return result.failed
+
+    def _done(self, started: float, failed: list[tuple[Op, str]]) -> None:
+        st = self.stats
+        st.passes += 1
+        st.last_sync = time.time()
+        st.last_duration = time.monotonic() - started
+        st.durations.append(st.last_duration)
+        del st.durations[:-1000]
+        st.desired_peers = len(self.key_idents)
+        st.installed_entries = len(self.owner) - len(failed)
+        st.netlink_errors += len(failed)
+        st.in_sync = not failed and not self.dirty and not self.foreign and not self.need_full
         if self.after_pass is not None:
             self.after_pass()
-        return failed
 
     def _log_ops(self, ops: list[Op], failed: list[tuple[Op, str]]) -> None:
         bad = {id(op) for op, _ in failed}
@@ -177,32 +285,61 @@ class Reconciler:
                     log.info("%s", op)
         else:
             adds = sum(1 for o in ops if o.action == "replace")
-            log.info("applied %d changes (%d add/replace, %d delete)", len(ops) - len(failed), adds, len(ops) - adds)
+            log.info("applied %d changes (%d add/replace, %d delete)", len(ops) - len(failed), adds,
+                     len(ops) - adds)
             for op in ops:
                 log.debug("%s", op)
-        for op, why in failed[:DETAIL_LIMIT]:
-            log.error("failed to %s %s: %s (will retry)", op.action, describe(op.entry), why)
-        if len(failed) > DETAIL_LIMIT:
-            log.error("%d more netlink operations failed (will retry)", len(failed) - DETAIL_LIMIT)
+        if failed and not self._failing:
+            for op, why in failed[:DETAIL_LIMIT]:
+                log.error("failed to %s %s: %s (will retry)", op.action, describe(op.entry), why)
+            if len(failed) > DETAIL_LIMIT:
+                log.error("%d more netlink operations failed (will retry)", len(failed) - DETAIL_LIMIT)
+        elif failed:
+            for op, why in failed:
+                log.debug("still failing: %s %s: %s", op.action, describe(op.entry), why)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def watch_kernel(self) -> None:
+        """Feed data-plane notifications into the mirror; runs until cancelled."""
+        async for batch in self.dataplane.changes(self.backend.scope(), self.backend.indexes):
+            self.on_kernel(batch)
 
     async def run(self, period: float) -> None:
+        deadline = time.monotonic() + period
         while True:
-            ticked = False
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that arrives in the
             # loop turn the event fires, and the daemon then never stops.
             try:
-                async with asyncio.timeout(period):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self.wake.wait()
             except TimeoutError:
-                ticked = True
+                self.request_full("resync timer")
             self.wake.clear()
+            if self.need_full:
+                deadline = time.monotonic() + period
             try:
-                retry = bool(await self.reconcile_once(full=ticked))
+                failed = await self.reconcile_once()
             except Exception:  # a pass must never kill the loop; the next one retries
                 log.exception("reconcile pass failed")
-                self._need_full = True
-                retry = True
-            if retry:
-                # Retry soon rather than after a full period.
-                await asyncio.sleep(1.0)
+                self.request_full("previous pass failed")
+                await asyncio.sleep(self._next_retry())
+                continue
+            if failed:
+                if not self._failing:
+                    self._failing = True
+                    log.warning("%d netlink operations failed; retrying with backoff", len(failed))
+                if any("No such device" in why for _, why in failed):
+                    self.request_full("a device is missing")
+                await asyncio.sleep(self._next_retry())
                 self.wake.set()
+            else:
+                if self._failing:
+                    log.info("netlink operations succeed again")
+                self._failing = False
+                self._retry = RETRY_MIN
+
+    def _next_retry(self) -> float:
+        delay = self.rng.uniform(RETRY_MIN, self._retry)
+        self._retry = min(self._retry * 2, RETRY_MAX)
+        return delay

@@ -112,7 +112,7 @@ from pyflannel.adapters.etcd import EtcdClient
 from pyflannel.adapters.registry import SubnetRegistry
 from pyflannel.core.errors import OutOfSubnets
 from pyflannel.core.lease import LeaseAttrs, VxlanData
-from pyflannel.daemon.lease_keeper import LeaseKeeper
+from pyflannel.adapters.etcd_keeper import LeaseKeeper
 
 async def main(ip, go_at):
     import time

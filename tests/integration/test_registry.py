@@ -17,8 +17,8 @@ from pyflannel.adapters.registry import ConfigEvent, ConfigNotFound, LeaseEvent,
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import ConfigError, OutOfSubnets
 from pyflannel.core.lease import LeaseAttrs, VxlanData
-from pyflannel.daemon.lease_keeper import LeaseKeeper
-from pyflannel.daemon.watcher import LeaseWatcher
+from pyflannel.adapters.etcd_keeper import LeaseKeeper
+from pyflannel.adapters.etcd_watcher import LeaseWatcher
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"

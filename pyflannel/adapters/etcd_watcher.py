@@ -7,14 +7,21 @@ resume point is the last event's revision + 1. On compaction the watcher lists a
 replaces its map; on a broken stream it reconnects (100 ms doubling to 1 s, so a returning
 etcd is caught up within about a second) from where it stopped.
 
-The map is all the reconciler needs: it diffs the kernel against the map, so a resync
-needs no synthetic add/remove events.
+Besides keeping the map (the lease keeper checks our own key in it), every change is handed
+on as SubnetManager port events: a listing becomes one LeaseResync, each watch event a
+LeaseAdded/LeaseRemoved/BadLeaseSeen/ConfigChanged.
+
+During an etcd outage the reconnect delay grows exponentially (to BACKOFF_MAX) with jitter, so
+the nodes of a cluster do not all reconnect and relist at the same instant when etcd returns;
+the outage is logged once when it starts and once, with its length, when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Callable
 
 from pyflannel.adapters.etcd import Compacted, EtcdError
@@ -22,11 +29,13 @@ from pyflannel.adapters.registry import BadLease, ConfigEvent, LeaseEvent, Subne
 from pyflannel.core.errors import LeaseFormatError, shorten
 from pyflannel.core.ipnet import parse_subnet_key
 from pyflannel.core.lease import Lease
+from pyflannel.ports import BadLeaseSeen, ConfigChanged, LeaseAdded, LeaseRemoved, LeaseResync
+from pyflannel.ports import LeaseEvent as PortEvent
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.1
-BACKOFF_MAX = 1.0
+BACKOFF_MAX = 5.0
 
 
 class LeaseWatcher:
@@ -35,10 +44,15 @@ class LeaseWatcher:
         registry: SubnetRegistry,
         on_change: Callable[[], None],
         on_config: Callable[[str | None], None] | None = None,
+        on_events: Callable[[list[PortEvent]], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
         self.on_change = on_change
         self.on_config = on_config
+        self.on_events = on_events
+        self.rng = rng or random.Random()
+        self.outage_since: float | None = None
         self.leases: dict[str, Lease] = {}
         self.bad: dict[str, str] = {}
         self.synced = asyncio.Event()
@@ -61,6 +75,10 @@ class LeaseWatcher:
         if self.synced.is_set() and (added or removed):
             log.info("resync found %d new and %d removed leases", len(added), len(removed))
         self.leases = new
+        if self.on_events is not None:
+            out: list[PortEvent] = [LeaseResync(tuple(new.values()))]
+            out.extend(BadLeaseSeen(b.key, b.reason) for b in bad)
+            self.on_events(out)
         bad_keys = {b.key for b in bad}
         for k in list(self.bad):
             if k not in bad_keys:
@@ -69,26 +87,33 @@ class LeaseWatcher:
             self._note_bad(b)
 
     def apply(self, events: list[LeaseEvent | ConfigEvent]) -> None:
+        out: list[PortEvent] = []
         for ev in events:
             self.revision = max(self.revision, ev.revision + 1)
             if isinstance(ev, ConfigEvent):
                 if self.on_config is not None:
                     self.on_config(ev.text)
+                out.append(ConfigChanged(ev.text))
                 continue
             key = self.canonical(ev.key)
             if ev.lease is not None:
                 prev = self.leases.get(key)
                 self.leases[key] = ev.lease
                 self.bad.pop(ev.key, None)
+                out.append(LeaseAdded(key, ev.lease))
                 if prev is None:
                     log.debug("lease added: %s %s", key, ev.lease.attrs.public_ip)
             else:
                 self.leases.pop(key, None)
+                out.append(LeaseRemoved(key))
                 if ev.bad is not None:
                     self._note_bad(ev.bad)
+                    out.append(BadLeaseSeen(ev.bad.key, ev.bad.reason))
                 else:
                     self.bad.pop(ev.key, None)
                     log.debug("lease removed: %s", ev.key)
+        if out and self.on_events is not None:
+            self.on_events(out)
 
     def canonical(self, key: str) -> str:
         """Leases are filed under the key flanneld would write for their subnet."""
@@ -120,8 +145,10 @@ class LeaseWatcher:
                 if need_list:
                     await self.resync()
                     need_list = False
+                    self._outage_over()
                 async for events in self.registry.watch(self.revision):
                     backoff = BACKOFF_MIN
+                    self._outage_over()
                     if events:
                         self.apply(events)
                         self.on_change()
@@ -132,6 +159,17 @@ class LeaseWatcher:
             except EtcdError as e:
                 self.errors += 1
                 self.watch_restarts += 1
-                log.warning("lease watch failed: %s; retrying in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
+                # Full jitter: anywhere between the minimum and the current bound.
+                delay = self.rng.uniform(BACKOFF_MIN, backoff)
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    log.warning("lease watch failed: %s; retrying with backoff (up to %.0fs)", e, BACKOFF_MAX)
+                else:
+                    log.debug("lease watch still failing: %s; retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _outage_over(self) -> None:
+        if self.outage_since is not None:
+            log.info("lease watch is back after %.1fs", time.monotonic() - self.outage_since)
+            self.outage_since = None

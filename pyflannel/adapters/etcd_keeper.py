@@ -50,6 +50,7 @@ class LeaseKeeper:
         self.lease: Lease | None = None
         self._wake = asyncio.Event()
         self._lost = False
+        self._republish = False
         self.reacquisitions = 0
         # The last listing acquire() made; the watcher starts from it instead of listing again.
         self.snapshot: tuple[list[Lease], list[BadLease], int] | None = None
@@ -111,6 +112,11 @@ class LeaseKeeper:
         self._lost = True
         self._wake.set()
 
+    def republish(self) -> None:
+        """Our attrs changed (a new VtepMAC or WireGuard key): write them into the lease soon."""
+        self._republish = True
+        self._wake.set()
+
     def renew_due(self, now: float) -> float | None:
         """Seconds until renewal, or None for a reservation (never renewed)."""
         if self.lease is None or self.lease.reserved or self.lease.expiration is None:
@@ -131,6 +137,12 @@ class LeaseKeeper:
             assert self.lease is not None
             old = self.lease
             try:
+                if self._republish and not self._lost:
+                    self._republish = False
+                    self.lease = await self.registry.rewrite_lease(old, self.attrs())
+                    log.info("Published new lease attributes for %s", old.subnet)
+                    on_change(self.lease)
+                    continue
                 if not self._lost:
                     renewed = await self.registry.renew_lease(old, self.ttl)
                     if renewed is not None:

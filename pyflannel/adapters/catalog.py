@@ -1,0 +1,136 @@
+"""Implementations of the ports, looked up by name (as flannel's ``backend.Register`` does).
+
+The daemon asks this module for "the etcd subnet manager", "the vxlan backend", "the
+iptables firewall"; it never imports an implementation itself. Each entry is imported only
+when chosen, so a node in etcd mode never loads the Kubernetes client, and the CNI plugin
+loads none of this.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from pyflannel.core.config import NetworkConfig
+from pyflannel.core.errors import ConfigError
+from pyflannel.core.flags import Options
+from pyflannel.ports import Backend, Dataplane, Firewall, SubnetManager
+
+# name -> "module:attribute" of a factory
+SUBNET_MANAGERS = {
+    "etcd": "pyflannel.adapters.etcd_subnet:EtcdSubnetManager",
+    "kube": "pyflannel.adapters.kube_subnet:KubeSubnetManager",
+}
+BACKENDS = {
+    "vxlan": "pyflannel.adapters.vxlan_backend:make",
+    "host-gw": "pyflannel.adapters.hostgw_backend:HostGwBackend",
+    "wireguard": "pyflannel.adapters.wireguard_backend:WireguardBackend",
+}
+FIREWALLS = {
+    "iptables": "pyflannel.adapters.iptables:IptablesFirewall",
+    "nftables": "pyflannel.adapters.nftables:NftablesFirewall",
+}
+# Backends flannel has that pyflannel deliberately does not implement, with what to use instead.
+NOT_SUPPORTED = {
+    "udp": "the udp backend is debug-only in flannel and not supported by pyflannel; use vxlan (or "
+           "host-gw on a flat L2, wireguard for encryption)",
+    "ipip": "the ipip backend is not supported by pyflannel; use vxlan, or host-gw on a flat L2",
+    "alloc": "the alloc backend is not supported by pyflannel; use vxlan or host-gw",
+}
+
+
+def _load(table: dict[str, str], name: str, what: str) -> Callable[..., Any]:
+    try:
+        target = table[name]
+    except KeyError:
+        raise ConfigError(f"unknown {what}: {name} (known: {', '.join(sorted(table))})") from None
+    module, attr = target.split(":")
+    try:
+        factory: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{what} {name} is not available in this build: {e}") from None
+    return factory
+
+
+def subnet_manager(opts: Options) -> SubnetManager:
+    name = "kube" if opts.kube_subnet_mgr else "etcd"
+    sm: SubnetManager = _load(SUBNET_MANAGERS, name, "subnet manager")(opts)
+    return sm
+
+
+class Host:
+    """The host's kernel, shared by the data plane and the backends (one netlink thread)."""
+
+    def __init__(self) -> None:
+        from pyflannel.adapters.netlink import NetlinkThread
+        from pyflannel.adapters.rtnl_dataplane import RtnlDataplane
+
+        self.nl = NetlinkThread()
+        self.dataplane: Dataplane = RtnlDataplane(self.nl)
+
+
+def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
+    btype = config.backend_type
+    if btype in NOT_SUPPORTED:
+        raise ConfigError(NOT_SUPPORTED[btype])
+    factory = _load(BACKENDS, btype, "backend type")
+    stored = getattr(sm, "stored_backend_data", None)
+    be: Backend = factory(host=host, config=config, stored_backend_data=stored() if callable(stored) else None)
+    return be
+
+
+def firewall(name: str) -> Firewall:
+    try:
+        fw: Firewall = _load(FIREWALLS, name, "firewall mode")()
+    except ConfigError:
+        if name != "iptables":
+            raise
+        fw = RuleManagerFirewall()
+    return fw
+
+
+def firewalls() -> dict[str, Firewall]:
+    return {name: firewall(name) for name in FIREWALLS}
+
+
+class RuleManagerFirewall:
+    """The first milestone's iptables RuleManager behind the Firewall port (IPv4 only).
+
+    Used only while ``iptables.IptablesFirewall`` is not in this build.
+    """
+
+    name = "iptables"
+
+    def __init__(self) -> None:
+        from pyflannel.adapters.iptables import RuleManager
+
+        self.rm = RuleManager()
+        self.resyncs = 0
+
+    def available(self) -> str:
+        import shutil
+
+        return "" if shutil.which("iptables-restore") else "no iptables-restore binary"
+
+    def _chains(self, spec: Any) -> list[Any]:
+        from pyflannel.core.rules import forward_chain, masq_chain
+
+        out = []
+        if spec.ip_masq and spec.network is not None and spec.subnet is not None:
+            out.append(masq_chain(spec.network, spec.subnet, spec.random_fully))
+        if spec.forward and spec.network is not None:
+            out.append(forward_chain(spec.network))
+        return out
+
+    def ensure(self, spec: Any) -> bool:
+        changed: bool = self.rm.ensure(self._chains(spec), spec.forward)
+        return changed
+
+    def missing(self, spec: Any) -> list[str]:
+        if self.rm.ensure(self._chains(spec), spec.forward):
+            self.resyncs += 1
+        return []
+
+    def cleanup(self) -> None:
+        return None

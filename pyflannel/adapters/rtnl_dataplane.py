@@ -1,0 +1,97 @@
+"""The Dataplane port on the real kernel: bulk rtnetlink for dumps and applies, a monitor socket for changes.
+
+Dumps and applies run on the netlink thread (``NetlinkThread``), which serialises them with
+the backends' device work. Notifications are read on the event loop from a non-blocking
+socket (``loop.add_reader``), so a hand-deleted route is seen within one loop turn, without
+any periodic dump. A device that disappears takes its routes with it silently (the kernel
+flushes IPv4 routes of a deleted link without per-route notifications), so that, like a
+monitor overflow, is reported as ``Overflow``: the consumer then runs a full observe.
+
+Entry types that are not rtnetlink objects (WireGuard peers) are applied and observed by the
+handlers the catalog registers for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+from pyflannel.adapters.netlink import Netlink, NetlinkThread
+from pyflannel.adapters.nlbulk import Change, LinkGone, Monitor, Overrun, Owned
+from pyflannel.core.model import Entry
+from pyflannel.core.plan import Op
+from pyflannel.ports import ApplyResult, KernelChange, Overflow, Scope
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Applier = Callable[[Sequence[Op]], list[tuple[Op, str]]]
+Observer = Callable[[], list[Entry]]
+
+
+def owned(scope: Scope, indexes: dict[str, int]) -> Owned:
+    devices = {indexes[d]: d for d in scope.devices if d in indexes}
+    return Owned(devices, indexes.get(scope.uplink, 0), scope.uplink, scope.uplink_routes)
+
+
+class RtnlDataplane:
+    def __init__(self, nl: NetlinkThread) -> None:
+        self.nl = nl
+        # type(entry) -> (apply, observe) for entries that are not rtnetlink objects.
+        self.extra: dict[type, tuple[Applier, Observer]] = {}
+
+    def register(self, kind: type, apply: Applier, observe: Observer) -> None:
+        self.extra[kind] = (apply, observe)
+
+    async def observe(self, scope: Scope, indexes: dict[str, int]) -> list[Entry]:
+        found = await self.nl.run(lambda n: n.bulk.observe_owned(owned(scope, indexes)))
+        for _apply, obs in self.extra.values():
+            found.extend(await self.nl.run(lambda _n, o=obs: o()))
+        return found
+
+    async def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> ApplyResult:
+        mine = [op for op in ops if type(op.entry) not in self.extra]
+        failed = await self.nl.run(lambda n: n.bulk.apply(mine, indexes)) if mine else []
+        for kind, (apply, _obs) in self.extra.items():
+            theirs = [op for op in ops if type(op.entry) is kind]
+            if theirs:
+                failed.extend(await self.nl.run(lambda _n, a=apply, t=theirs: a(t)))
+        return ApplyResult(failed)
+
+    async def changes(
+        self, scope: Scope, indexes: Callable[[], dict[str, int]]
+    ) -> AsyncIterator[list[KernelChange | Overflow]]:
+        mon = Monitor()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(mon.fileno(), ready.set)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                out: list[KernelChange | Overflow] = []
+                for c in mon.read(owned(scope, indexes())):
+                    if isinstance(c, Change):
+                        out.append(KernelChange(c.entry, c.gone))
+                    elif isinstance(c, LinkGone):
+                        out.append(Overflow(f"device {c.name} was deleted"))
+                    elif isinstance(c, Overrun):
+                        out.append(Overflow())
+                if out:
+                    yield out
+        finally:
+            loop.remove_reader(mon.fileno())
+            mon.close()
+
+    async def query(self, fn: Callable[[Any], T]) -> T:
+        return await self.nl.run(fn)
+
+    async def close(self) -> None:
+        self.nl.close()
+
+
+def netlink_facts(n: Netlink) -> Netlink:
+    """What ``query`` hands its function: the synchronous Netlink of the daemon's namespace."""
+    return n
