@@ -13,12 +13,12 @@ import pytest
 from support.etcd import EtcdServer, etcdctl, put_v2, start_etcd
 
 from pyflannel.adapters.etcd import Compacted, EtcdClient, EtcdError, _b64
+from pyflannel.adapters.etcd_keeper import LeaseKeeper
+from pyflannel.adapters.etcd_watcher import LeaseWatcher
 from pyflannel.adapters.registry import ConfigEvent, ConfigNotFound, LeaseEvent, SubnetRegistry
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import ConfigError, OutOfSubnets
 from pyflannel.core.lease import LeaseAttrs, VxlanData
-from pyflannel.adapters.etcd_keeper import LeaseKeeper
-from pyflannel.adapters.etcd_watcher import LeaseWatcher
 
 T = TypeVar("T")
 PREFIX = "/coreos.com/network"
