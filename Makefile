@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := etcd-server etcd-client iproute2 iptables iputils-ping iperf3 \
             containernetworking-plugins python3 python3-venv procps kmod openssl tcpdump
 
-.PHONY: setup apt venv test test-unit test-integration test-netns test-faults lint demo demo-down bench clean
+.PHONY: setup apt venv testdeps test test-unit test-integration test-netns test-faults test-interop lint demo demo-down bench clean
 
 setup: apt venv
 
@@ -25,6 +25,34 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# ---- Real peers built from the Go module proxy (tests/support/peers.py finds them) ---------------------
+# Go flanneld, etcd 3.6 and kube-apiserver, each from a pinned build module under testdeps/ (go.mod + go.sum
+# committed). `go build` runs every time: with Go's build cache warm it only checks and exits in about a
+# second, so no stamp file can go stale. -buildvcs=false: otherwise Go stamps the git state of this repo
+# into the binaries and every commit would force a relink.
+GO ?= $(firstword $(shell command -v go 2>/dev/null) /usr/local/go/bin/go)
+TESTDEPS_OUT := $(CURDIR)/build/testdeps
+GO_BUILD := $(GO) build -buildvcs=false
+FLANNEL_VERSION := $(shell sed -n 's|^require github.com/flannel-io/flannel \(v[^ ]*\)$$|\1|p' testdeps/flanneld/go.mod)
+KUBE_VERSION := $(shell sed -n 's|^require k8s.io/kubernetes \(v[^ ]*\)$$|\1|p' testdeps/kube-apiserver/go.mod)
+ETCD_VERSION := $(shell sed -n 's|^require go.etcd.io/etcd/server/v3 \(v[^ ]*\)$$|\1|p' testdeps/etcd/go.mod)
+KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+# Version strings the upstream release builds stamp in (plain `go build` leaves "dev" / "v0.0.0-master").
+FLANNEL_LDFLAGS := -X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR)
+
+testdeps:
+	@test -x "$(GO)" || { echo "make testdeps: Go >= 1.26 not found (looked on PATH and at /usr/local/go/bin/go; set GO=/path/to/go)" >&2; exit 1; }
+	@mkdir -p $(TESTDEPS_OUT); start=$$(date +%s); \
+	echo "testdeps: flanneld $(FLANNEL_VERSION), etcd $(ETCD_VERSION), kube-apiserver $(KUBE_VERSION) -> build/testdeps/ ($$($(GO) env GOVERSION))"; \
+	( cd testdeps/flanneld && $(GO_BUILD) -ldflags '$(FLANNEL_LDFLAGS)' \
+	    -o $(TESTDEPS_OUT)/flanneld github.com/flannel-io/flannel ) && \
+	( cd testdeps/etcd && $(GO_BUILD) -o $(TESTDEPS_OUT)/etcd . ) && \
+	( cd testdeps/kube-apiserver && $(GO_BUILD) -ldflags '$(KUBE_LDFLAGS)' \
+	    -o $(TESTDEPS_OUT)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver ) && \
+	echo "testdeps: done in $$(( $$(date +%s) - start )) s"
+
 lint: venv
 	$(VENV)/bin/ruff check pyflannel tests bench
 	$(VENV)/bin/mypy
@@ -32,15 +60,18 @@ lint: venv
 # The fault tier appends one row per scenario to $(FAULT_REPORT); pytest prints them as a table at the end.
 FAULT_REPORT := $(CURDIR)/.fault-report.jsonl
 
-test: setup lint
+test: setup testdeps lint
 	rm -f $(FAULT_REPORT)
 	PYFLANNEL_FAULT_REPORT=$(FAULT_REPORT) $(VENV)/bin/pytest -ra tests
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-test-integration: setup
+test-integration: setup testdeps
 	$(VENV)/bin/pytest -q tests/integration
+
+test-interop: setup testdeps
+	$(VENV)/bin/pytest -q tests/interop
 
 test-netns: setup
 	$(VENV)/bin/pytest -q tests/netns
