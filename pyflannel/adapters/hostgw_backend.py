@@ -27,7 +27,9 @@ class HostGwBackend:
 
     backend_type = hostgw.BACKEND_TYPE
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, *, host: object = None, stored_backend_data: str | None = None) -> None:
+        # ``host`` and ``stored_backend_data`` are the catalog's factory arguments; host-gw needs neither
+        # (no device, no BackendData).
         self.config = config
         self.opts = hostgw.HostGwOptions(ipv4=config.enable_ipv4, ipv6=config.enable_ipv6)
         self.mtu = 0

@@ -55,7 +55,11 @@ class WireguardBackend:
         socket_dir: str = wg.SOCKET_DIR,
         foreground: bool = False,
         on_key_change: Callable[[], None] | None = None,
+        host: object = None,
+        stored_backend_data: str | None = None,
     ) -> None:
+        # ``host``/``stored_backend_data``: the catalog's factory arguments. The key lives in the key file,
+        # not in the stored BackendData, and netlink calls here run on worker threads of their own.
         self.config = config
         # Raises ConfigError (one line, naming the field) on bad options or Mode/EnableIPv* combinations.
         self.opts = wgcore.parse_options(config.backend, ipv4=config.enable_ipv4, ipv6=config.enable_ipv6)
