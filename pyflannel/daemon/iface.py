@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyflannel.adapters.netlink import LinkInfo
 from pyflannel.core.errors import FlannelError
@@ -108,3 +108,76 @@ def select_uplink(
     if pub is None:
         log.info("Defaulting external address to interface address (%s)", addr)
     return Uplink(link, addr, pub or addr)
+
+
+# --- IPv6 address selection -------------------------------------------------------------------------
+# flannel #2293/#2295: a node published a temporary (privacy) IPv6 address as PublicIPv6; when it
+# expired the peers lost the node. Candidates here are never temporary, deprecated, tentative or
+# DAD-failed; of the rest, global before link-local and permanent (configured) before dynamic (SLAAC),
+# then kernel order, as flannel v0.28.9's compareAddrs sorts them.
+
+IFA_F_TEMPORARY = 0x01
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+IFA_F_TENTATIVE = 0x40
+IFA_F_PERMANENT = 0x80
+_UNUSABLE = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Addr6:
+    """One IPv6 address of a link with its IFA_F_* flags (IFA_FLAGS, the full 32 bits)."""
+
+    ip: IPv6Address
+    prefixlen: int
+    flags: int = 0
+
+
+def usable_v6(a: Addr6) -> bool:
+    ip = a.ip
+    if ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.ipv4_mapped is not None:
+        return False
+    return not a.flags & _UNUSABLE
+
+
+def pick_v6(addrs: Sequence[Addr6]) -> IPv6Address | None:
+    """The interface's IPv6 address to use, or None (never a temporary/deprecated/tentative one)."""
+    ok = [a for a in addrs if usable_v6(a)]
+    ok.sort(key=lambda a: (a.ip.is_link_local, not a.flags & IFA_F_PERMANENT))  # stable: kernel order breaks ties
+    return ok[0].ip if ok else None
+
+
+def select_v6(addrs: Sequence[Addr6], link_name: str, public_ipv6: str = "") -> tuple[IPv6Address, IPv6Address]:
+    """(interface IPv6, PublicIPv6) for the chosen uplink; -public-ipv6 wins for the published one."""
+    addr = pick_v6(addrs)
+    if addr is None:
+        bad = ", ".join(f"{a.ip} (flags {a.flags:#x})" for a in addrs) or "none"
+        raise InterfaceError(
+            f"Failed to find IPv6 address for interface {link_name}: no usable address "
+            f"(temporary, deprecated and tentative ones are never used; found: {bad})"
+        )
+    if public_ipv6:
+        try:
+            pub = IPv6Address(public_ipv6)
+        except ValueError:
+            raise InterfaceError(f"-public-ipv6: not an IPv6 address: {public_ipv6!r}") from None
+        return addr, pub
+    log.info("Defaulting external v6 address to interface address (%s)", addr)
+    return addr, addr
+
+
+def read_v6_addrs(index: int) -> list[Addr6]:
+    """The link's IPv6 addresses with their full flags, from the kernel (current namespace)."""
+    import socket
+
+    from pyflannel.adapters.lazy_pyroute2 import import_iproute
+
+    iproute, _ = import_iproute()
+    out: list[Addr6] = []
+    with iproute() as ipr:
+        for a in ipr.addr("dump", family=socket.AF_INET6, index=index):
+            ip = a.get("IFA_ADDRESS") or a.get("IFA_LOCAL")
+            if ip:
+                flags = a.get("IFA_FLAGS")
+                out.append(Addr6(IPv6Address(ip.split("%")[0]), a["prefixlen"], a["flags"] if flags is None else flags))
+    return out
