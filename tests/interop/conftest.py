@@ -1,0 +1,154 @@
+"""Mixed clusters for the interop tier: pyflannel and Go flanneld v0.28.9 side by side in network namespaces.
+
+Why this exists
+===============
+pyflannel claims to be a drop-in for flanneld: a cluster may mix both.  Recorded kernel state and strings
+only show that we write what Go wrote once; a Go flanneld node in the same cluster shows, on every run,
+that each side reads the other's etcd leases and ``subnet.env``, installs routes/neighbours/FDB entries
+the other can use, and keeps them through the other's restarts and departures.
+
+Each test gets its own namespace prefix (``pfi<hex>``) and a 3-node :class:`support.cluster.Cluster` with
+real etcd; :class:`Mixed` knows which nodes run which implementation.  Needs root, the Go flanneld built
+by ``make testdeps`` and the bridge netfilter sysctls (see :func:`_br_netfilter_reason`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import checks, peers
+from support.cluster import Cluster, Node, destroy_prefix, prefix_namespaces
+
+CONFIG = checks.DEFAULT_CONFIG
+BR_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+def _br_netfilter_reason() -> str | None:
+    """Go flanneld v0.28 exits at start-up ("Failed to check br_netfilter") unless this sysctl file exists.
+
+    It exists once the br_netfilter module is loaded (built in on some kernels); the sysctl is per network
+    namespace, so loading it once in the root namespace is enough.  We try ``modprobe br_netfilter`` once.
+    """
+    if BR_NF.exists():
+        return None
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False, timeout=30)
+    if BR_NF.exists():
+        return None
+    return f"{BR_NF} is missing and `modprobe br_netfilter` did not load it (Go flanneld refuses to start)"
+
+
+def _require_env() -> Path:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        reason = "needs root and iproute2's `ip` (creates network namespaces)"
+        if peers.in_ci():
+            pytest.fail(f"CI must not skip: {reason}", pytrace=False)
+        pytest.skip(reason)
+    go = peers.require("flanneld")
+    reason = _br_netfilter_reason()
+    if reason is not None:
+        if peers.in_ci():
+            pytest.fail(f"CI must not skip: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return go
+
+
+@dataclass(eq=False)
+class Mixed:
+    """A running cluster plus which nodes run Go flanneld (``go``) and which pyflannel (``py``)."""
+
+    c: Cluster
+    go_binary: Path
+    go_nodes: set[str] = field(default_factory=set)
+
+    def kind(self, node: Node) -> str:
+        return "go" if node.name in self.go_nodes else "py"
+
+    def label(self, node: Node) -> str:
+        return f"{node.name}({self.kind(node)})"
+
+    def start(self, node: Node, kind: str | None = None) -> subprocess.Popen[bytes]:
+        """Start the node's daemon; ``kind`` ("go"/"py") switches the node's implementation first."""
+        if kind is not None:
+            (self.go_nodes.add if kind == "go" else self.go_nodes.discard)(node.name)
+        if self.kind(node) == "go":
+            # klog to stderr (the node's flanneld.log); -v=1 adds the subnet events it handles.
+            return self.c.start_flanneld(node, ["-v=1"], binary=self.go_binary)
+        return self.c.start_flanneld(node)
+
+    def stop(self, node: Node, sig: int = signal.SIGTERM) -> int:
+        return self.c.stop_flanneld(node, sig)
+
+    @property
+    def py(self) -> list[Node]:
+        return [n for n in self.c.nodes if self.kind(n) == "py"]
+
+    @property
+    def go(self) -> list[Node]:
+        return [n for n in self.c.nodes if self.kind(n) == "go"]
+
+
+@pytest.fixture
+def interop_prefix() -> Iterator[str]:
+    """A fresh namespace prefix; the test fails if it leaves ``{prefix}-*`` behind (removed either way)."""
+    prefix = f"pfi{secrets.token_hex(2)}"
+    destroy_prefix(prefix)
+    yield prefix
+    left = prefix_namespaces(prefix)
+    destroy_prefix(prefix)
+    assert not left, f"test left network namespaces behind: {left}"
+
+
+@pytest.fixture
+def mixed(interop_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Mixed]]:
+    """Factory: ``mixed(go=("n3",))`` builds 3 nodes, etcd, the vxlan config, starts every daemon and waits
+    until every node's kernel matches the leases.  The cluster is torn down after the test."""
+    go_binary = _require_env()
+    made: list[Cluster] = []
+
+    def factory(nodes: int = 3, go: tuple[str, ...] = ("n3",), config: str = CONFIG, pods: int = 2) -> Mixed:
+        c = Cluster(prefix=interop_prefix, nodes=nodes, workdir=tmp_path / "cluster")
+        made.append(c)
+        c.up()
+        c.start_etcd()
+        c.put_config(config)
+        m = Mixed(c, go_binary, set(go))
+        for n in c.nodes:
+            m.start(n)
+        for n in c.nodes:
+            c.wait_subnet_env(n)
+        checks.wait_converged(c, timeout=30)
+        for n in c.nodes:
+            c.add_pods(n, pods)
+        return m
+
+    yield factory
+    for c in made:
+        c.down()
+
+
+def complaints(node: Node, about: tuple[str, ...] = ()) -> list[str]:
+    """Error/fatal lines in the node's daemon log, plus warnings that mention any string in ``about``.
+
+    Both implementations log in klog's format (level letter, then mmdd), so one reader serves both.
+    """
+    try:
+        lines = node.flanneld_log.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    bad = []
+    for line in lines:
+        level = line[:1]
+        if len(line) < 6 or not line[1:5].isdigit():
+            continue
+        if level in "EF" or (level == "W" and any(a in line for a in about)):
+            bad.append(line)
+    return bad

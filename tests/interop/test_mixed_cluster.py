@@ -1,0 +1,98 @@
+"""A mixed etcd-mode vxlan cluster: n1 and n2 run pyflannel, n3 runs Go flanneld v0.28.9.
+
+Every pod pings every pod on the other nodes, both directions; the leases and ``subnet.env`` each side
+writes are read by the other (and by pyflannel's own parsers) without complaint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support import checks
+
+from .conftest import Mixed, complaints
+from .pings import format_matrix, ping_matrix, save_matrix
+
+
+def test_mixed_vxlan_ping_matrix(mixed) -> None:
+    m: Mixed = mixed()
+    c = m.c
+    assert checks.converged(c), "kernel state differs from the leases on some node"
+    matrix = ping_matrix(c)
+    text = format_matrix(m, matrix)
+    save_matrix(text)
+    print("\n" + text)
+    failed = [f"{a}->{b}" for (a, b), ok in matrix.items() if not ok]
+    assert not failed, f"pings failed: {failed}\n{text}"
+    # Both directions across the implementation boundary were exercised.
+    kinds = {(m.kind(c.node(a[:2])), m.kind(c.node(b[:2]))) for a, b in matrix}
+    assert {("py", "go"), ("go", "py"), ("py", "py")} <= kinds
+
+
+def test_leases_and_subnet_env_read_across(mixed) -> None:
+    """Go's lease and subnet.env pass pyflannel's parsers and flannelctl; ours are handled by Go."""
+    from pyflannel.core.lease import parse_lease_attrs
+    from pyflannel.core.subnet_env import parse_env_text, previous_subnets
+
+    m: Mixed = mixed(pods=0)
+    c = m.c
+    raw = checks.leases(c)
+    by_ip = {json.loads(v)["PublicIP"]: (k, v) for k, v in raw.items()}
+    assert set(by_ip) == {n.lan_ip for n in c.nodes}, raw
+    shapes = {}
+    for n in c.nodes:
+        key, value = by_ip[n.lan_ip]
+        attrs = parse_lease_attrs(value)  # raises LeaseFormatError on anything it does not accept
+        assert str(attrs.public_ip) == n.lan_ip and attrs.backend_type == "vxlan"
+        vx = attrs.vxlan_data()
+        assert vx.vni == 1
+        doc = json.loads(value)
+        shapes[m.kind(n)] = (sorted(doc), sorted(doc["BackendData"]))
+        env_text = n.subnet_file.read_text()
+        env = parse_env_text(env_text, source=str(n.subnet_file))
+        sn4, sn6 = previous_subnets(env)
+        assert sn6 is None and key.endswith(str(sn4).replace("/", "-")), (key, env)
+        assert env["FLANNEL_NETWORK"] == "100.64.0.0/16" and env["FLANNEL_MTU"] == "1450"
+        assert env["FLANNEL_IPMASQ"] == "true"
+        shapes[m.kind(n) + "-env"] = sorted(env)
+    # Same JSON fields and the same subnet.env keys from both implementations.
+    assert shapes["go"] == shapes["py"], shapes
+    assert shapes["go-env"] == shapes["py-env"], shapes
+
+    # flannelctl (pyflannel's admin CLI) lists Go's lease with its VtepMAC.
+    go_node = m.go[0]
+    out = c.exec(c.lan_ns, [str(Path(c.flanneld).with_name("flannelctl")), f"-etcd-endpoints={c.etcd_endpoint}",
+                            "leases", "--json"]).stdout
+    listed = json.dumps(json.loads(out))
+    go_mac = json.loads(by_ip[go_node.lan_ip][1])["BackendData"]["VtepMAC"]
+    assert go_mac in listed and go_node.lan_ip in listed, out
+
+    # Neither side complained about the other's lease; Go handled each pyflannel lease.
+    for n in m.py:
+        assert not complaints(n, about=(go_node.lan_ip, by_ip[go_node.lan_ip][0].rsplit("/", 1)[-1])), n.name
+    go_log = go_node.flanneld_log.read_text()
+    assert not complaints(go_node, about=tuple(p.lan_ip for p in m.py)), go_log[-3000:]
+    for p in m.py:
+        assert f"PublicIP: {p.lan_ip}," in go_log, f"Go flanneld never handled {p.name}'s lease"
+
+
+def test_swap_implementation_in_place(mixed) -> None:
+    """A node switches implementation over its own state: the successor reads the predecessor's subnet.env,
+    reuses its lease (same subnet) and the other nodes keep reaching it.  Go -> pyflannel on n3, then
+    pyflannel -> Go on n1."""
+    m: Mixed = mixed(pods=1)
+    c = m.c
+    for node, to in ((c.node("n3"), "py"), (c.node("n1"), "go")):
+        before = checks.leases(c)
+        subnet = c.read_subnet_env(node)["FLANNEL_SUBNET"]
+        assert m.stop(node) == 0, f"{m.label(node)} did not exit 0 on SIGTERM"
+        m.start(node, kind=to)
+        checks.wait_for(lambda n=node, s=subnet: c.read_subnet_env(n).get("FLANNEL_SUBNET") == s
+                        and c.flanneld_process(n).poll() is None, 30, f"{node.name} to rewrite {subnet}")
+        checks.wait_converged(c, timeout=30)
+        after = checks.leases(c)
+        # Same keys and the same values: the successor also kept flannel.1's MAC, so no peer had to change.
+        assert after == before, (before, after)
+        text = format_matrix(m, ping_matrix(c))
+        assert "FAIL" not in text, f"after {node.name} became {to}:\n{text}"
