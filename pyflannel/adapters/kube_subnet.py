@@ -73,6 +73,7 @@ class KubeSubnetManager:
 
     def __init__(
         self,
+        opts: Any = None,
         *,
         api_url: str = "",
         kubeconfig: str = "",
@@ -85,6 +86,10 @@ class KubeSubnetManager:
         rng: random.Random | None = None,
         sa_dir: str = SA_DIR,
     ) -> None:
+        if opts is not None:  # flanneld's Options (the catalog constructs managers as Class(opts))
+            api_url, kubeconfig = opts.kube_api_url, opts.kubeconfig_file
+            annotation_prefix, net_config_path = opts.kube_annotation_prefix, opts.net_config_path
+            set_node_network_unavailable = opts.set_node_network_unavailable
         self.env = dict(os.environ if env is None else env)
         self.ann = k.Annotations.for_prefix(annotation_prefix)
         self.net_config_path = net_config_path
@@ -111,11 +116,7 @@ class KubeSubnetManager:
     def from_options(cls, opts: Any, env: Mapping[str, str] | None = None) -> KubeSubnetManager:
         """From flanneld's Options: kube_api_url, kubeconfig_file, kube_annotation_prefix, net_config_path,
         set_node_network_unavailable."""
-        return cls(
-            api_url=opts.kube_api_url, kubeconfig=opts.kubeconfig_file,
-            annotation_prefix=opts.kube_annotation_prefix, net_config_path=opts.net_config_path,
-            set_node_network_unavailable=opts.set_node_network_unavailable, env=env,
-        )  # fmt: skip
+        return cls(opts, env=env)
 
     # --- config and node name ----------------------------------------------------------------
 

@@ -36,33 +36,29 @@ from typing import Any
 from support.etcd import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTDEPS = ROOT / "build" / "testdeps"
 MANIFEST = ROOT / "deploy" / "kube-flannel.yml"
 SERVICE_CIDR = "198.19.255.0/24"  # never routed: the apiserver only needs a range to allocate from
 _live: weakref.WeakSet[KubeApiServer] = weakref.WeakSet()
 
 
-def binary(name: str) -> Path | None:
-    """A test peer binary: support.peers when it exists, else build/testdeps/<name> (env PYFLANNEL_<NAME>)."""
-    try:
-        from support import peers  # type: ignore[attr-defined,unused-ignore]
+_PEER_KEYS = {"etcd": "etcd36", "kube-apiserver": "kube-apiserver", "flanneld": "flanneld"}
 
-        found = getattr(peers, "find", None)
-        if found is not None:
-            p = found(name)
-            return Path(p) if p else None
-    except ImportError:
-        pass
-    env = os.environ.get("PYFLANNEL_" + name.upper().replace("-", "_"))
-    p = Path(env) if env else TESTDEPS / name
-    return p if p.is_file() and os.access(p, os.X_OK) else None
+
+def binary(name: str) -> Path | None:
+    """A test peer binary from support.peers (``make testdeps``; env overrides there); etcd means 3.6."""
+    from support import peers
+
+    return peers.find(_PEER_KEYS.get(name, name))
 
 
 def missing_reason(*names: str) -> str | None:
-    """Why the kube tests must skip (a binary is missing), or None."""
-    gone = [n for n in (names or ("kube-apiserver", "etcd")) if binary(n) is None]
-    if gone:
-        return f"{', '.join(gone)} not built: run `make testdeps` (looked in {TESTDEPS})"
+    """Why the kube tests must skip (a binary is missing, naming `make testdeps`), or None."""
+    from support import peers
+
+    for n in names or ("kube-apiserver", "etcd"):
+        why = peers.missing_reason(_PEER_KEYS.get(n, n))
+        if why:
+            return why
     return None
 
 
@@ -172,6 +168,8 @@ class KubeApiServer:
     def raw(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
             token: str | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
+        if self.netns is not None:  # the address lives in the namespace: ask from inside it
+            return self._raw_in_netns(method, path, data, content_type, token)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {token or self.admin_token}")
         req.add_header("Accept", "application/json")
@@ -187,6 +185,22 @@ class KubeApiServer:
             return status, json.loads(text) if text else None
         except ValueError:
             return status, text.decode(errors="replace")
+
+    def _raw_in_netns(self, method: str, path: str, data: bytes | None, content_type: str,
+                      token: str | None) -> tuple[int, Any]:
+        argv = [*_netns_argv(self.netns), "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method,
+                "--cacert", str(self.ca_file), "-H", f"Authorization: Bearer {token or self.admin_token}",
+                "-H", "Accept: application/json"]
+        if data is not None:
+            argv += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
+        r = subprocess.run([*argv, self.url + path], input=data, capture_output=True, check=False, timeout=30)
+        if r.returncode != 0:
+            raise OSError(f"curl {method} {path}: rc {r.returncode}: {r.stderr.decode(errors='replace')[:200]}")
+        text, _, code = r.stdout.rpartition(b"\n")
+        try:
+            return int(code), json.loads(text) if text else None
+        except ValueError:
+            return int(code), text.decode(errors="replace")
 
     def admin(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         status, data = self.raw(method, path, body, content_type)
