@@ -87,6 +87,29 @@ class Mixed:
     def stop(self, node: Node, sig: int = signal.SIGTERM) -> int:
         return self.c.stop_flanneld(node, sig)
 
+    #: What each implementation logs once it holds its lease and has written subnet.env and its rules.
+    READY = {"go": "Running backend.", "py": "Running: lease"}
+
+    def log_offset(self, node: Node) -> int:
+        try:
+            return node.flanneld_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wait_ready(self, node: Node, offset: int, timeout: float = 30.0) -> None:
+        """Wait until the daemon started after ``offset`` (a log size) says it is running."""
+        marker = self.READY[self.kind(node)]
+
+        def ready() -> bool:
+            proc = self.c.flanneld_process(node)
+            if proc is None or proc.poll() is not None:
+                raise AssertionError(f"{self.label(node)} exited:\n{node.flanneld_log.read_text()[-2000:]}")
+            with node.flanneld_log.open("rb") as f:
+                f.seek(offset)
+                return marker.encode() in f.read()
+
+        checks.wait_for(ready, timeout, f"{self.label(node)} to log {marker!r}")
+
     @property
     def py(self) -> list[Node]:
         return [n for n in self.c.nodes if self.kind(n) == "py"]
