@@ -68,6 +68,7 @@ class Mixed:
     c: Cluster
     go_binary: Path
     go_nodes: set[str] = field(default_factory=set)
+    extra_args: dict[str, list[str]] = field(default_factory=dict)  # node name -> flags for either kind
 
     def kind(self, node: Node) -> str:
         return "go" if node.name in self.go_nodes else "py"
@@ -79,10 +80,11 @@ class Mixed:
         """Start the node's daemon; ``kind`` ("go"/"py") switches the node's implementation first."""
         if kind is not None:
             (self.go_nodes.add if kind == "go" else self.go_nodes.discard)(node.name)
+        extra = self.extra_args.get(node.name, [])
         if self.kind(node) == "go":
             # klog to stderr (the node's flanneld.log); -v=1 adds the subnet events it handles.
-            return self.c.start_flanneld(node, ["-v=1"], binary=self.go_binary)
-        return self.c.start_flanneld(node)
+            return self.c.start_flanneld(node, ["-v=1", *extra], binary=self.go_binary)
+        return self.c.start_flanneld(node, extra)
 
     def stop(self, node: Node, sig: int = signal.SIGTERM) -> int:
         return self.c.stop_flanneld(node, sig)
@@ -137,13 +139,18 @@ def mixed(interop_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Mixed]]
     go_binary = _require_env()
     made: list[Cluster] = []
 
-    def factory(nodes: int = 3, go: tuple[str, ...] = ("n3",), config: str = CONFIG, pods: int = 2) -> Mixed:
+    def factory(
+        nodes: int = 3, go: tuple[str, ...] = ("n3",), config: str = CONFIG, pods: int = 2,
+        extra_args: dict[str, list[str]] | None = None, before_start: Callable[[Cluster], None] | None = None,
+    ) -> Mixed:  # fmt: skip
         c = Cluster(prefix=interop_prefix, nodes=nodes, workdir=tmp_path / "cluster")
         made.append(c)
         c.up()
+        if before_start is not None:
+            before_start(c)
         c.start_etcd()
         c.put_config(config)
-        m = Mixed(c, go_binary, set(go))
+        m = Mixed(c, go_binary, set(go), dict(extra_args or {}))
         for n in c.nodes:
             m.start(n)
         for n in c.nodes:
