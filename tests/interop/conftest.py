@@ -22,10 +22,12 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import checks, peers
 from support.cluster import Cluster, Node, destroy_prefix, prefix_namespaces
+from support.etcd import use_etcd_version
 
 CONFIG = checks.DEFAULT_CONFIG
 BR_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
@@ -142,13 +144,19 @@ def mixed(interop_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Mixed]]
     def factory(
         nodes: int = 3, go: tuple[str, ...] = ("n3",), config: str = CONFIG, pods: int = 2,
         extra_args: dict[str, list[str]] | None = None, before_start: Callable[[Cluster], None] | None = None,
+        etcd_version: str | None = None,
     ) -> Mixed:  # fmt: skip
         c = Cluster(prefix=interop_prefix, nodes=nodes, workdir=tmp_path / "cluster")
         made.append(c)
         c.up()
         if before_start is not None:
             before_start(c)
-        c.start_etcd()
+        if etcd_version is not None:
+            peers.require(peers.ETCD_VERSIONS[etcd_version])
+            with use_etcd_version(etcd_version):
+                c.start_etcd()
+        else:
+            c.start_etcd()
         c.put_config(config)
         m = Mixed(c, go_binary, set(go), dict(extra_args or {}))
         for n in c.nodes:
@@ -182,3 +190,15 @@ def complaints(node: Node, about: tuple[str, ...] = ()) -> list[str]:
         if level in "EF" or (level == "W" and any(a in line for a in about)):
             bad.append(line)
     return bad
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the mixed clusters' ping matrices at the end of the run (CI's log shows them)."""
+    from .pings import RECORDED
+
+    if not RECORDED:
+        return
+    terminalreporter.section("interop ping matrices (pyflannel + Go flanneld v0.28.9)")
+    for text in RECORDED:
+        for line in text.splitlines():
+            terminalreporter.write_line(line)

@@ -9,6 +9,8 @@ from support.cluster import Cluster
 from support.peers import REPO
 
 MATRIX_FILE = REPO / "build" / "interop" / "ping-matrix.txt"
+#: Matrices recorded in this pytest session, printed by the conftest's terminal summary.
+RECORDED: list[str] = []
 
 
 def ping_matrix(c: Cluster, count: int = 2) -> dict[tuple[str, str], bool]:
@@ -38,5 +40,7 @@ def format_matrix(m: object, matrix: dict[tuple[str, str], bool]) -> str:
 
 
 def save_matrix(text: str, path: Path = MATRIX_FILE) -> None:
+    """Write the matrix under build/interop/ and keep it for the end-of-run summary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
+    RECORDED.append(text)

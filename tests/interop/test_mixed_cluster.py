@@ -9,19 +9,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from support import checks
 
 from .conftest import Mixed, complaints
-from .pings import format_matrix, ping_matrix, save_matrix
+from .pings import MATRIX_FILE, format_matrix, ping_matrix, save_matrix
 
 
-def test_mixed_vxlan_ping_matrix(mixed) -> None:
-    m: Mixed = mixed()
+@pytest.mark.parametrize("etcd_version", ["3.4", "3.6"], ids=["etcd3.4", "etcd3.6"])
+def test_mixed_vxlan_ping_matrix(mixed, etcd_version: str) -> None:
+    m: Mixed = mixed(etcd_version=etcd_version)
     c = m.c
+    assert c.etcd is not None and c.etcd.version == etcd_version
     assert checks.converged(c), "kernel state differs from the leases on some node"
     matrix = ping_matrix(c)
     text = format_matrix(m, matrix)
-    save_matrix(text)
+    text = f"etcd {etcd_version}, vxlan\n{text}"
+    save_matrix(text, MATRIX_FILE.with_name(f"ping-matrix-etcd{etcd_version}.txt"))
     print("\n" + text)
     failed = [f"{a}->{b}" for (a, b), ok in matrix.items() if not ok]
     assert not failed, f"pings failed: {failed}\n{text}"
