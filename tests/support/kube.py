@@ -236,7 +236,9 @@ class KubeApiServer:
             spec["podCIDR"] = pod_cidr
             spec["podCIDRs"] = list(pod_cidrs or [pod_cidr])
         node: dict[str, Any] = {"apiVersion": "v1", "kind": "Node",
-                                "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
+                                # as a kubelet registers it: Go flannel panics on a Node without annotations
+                                "metadata": {"name": name, "annotations": {
+                                    "node.alpha.kubernetes.io/ttl": "0", **(annotations or {})}}, "spec": spec}
         created: dict[str, Any] = self.admin("POST", "/api/v1/nodes", node)
         if internal_ip:
             self.admin("PATCH", f"/api/v1/nodes/{name}/status",
