@@ -87,16 +87,33 @@ def test_swap_implementation_in_place(mixed) -> None:
     pyflannel -> Go on n1."""
     m: Mixed = mixed(pods=1)
     c = m.c
+    # What each implementation writes on a node of its own, with the node's subnet made generic.
+    reference = {m.kind(n): flannel_rules(c, n) for n in (c.node("n2"), c.node("n3"))}
     for node, to in ((c.node("n3"), "py"), (c.node("n1"), "go")):
         before = checks.leases(c)
         subnet = c.read_subnet_env(node)["FLANNEL_SUBNET"]
         assert m.stop(node) == 0, f"{m.label(node)} did not exit 0 on SIGTERM"
+        offset = m.log_offset(node)
         m.start(node, kind=to)
-        checks.wait_for(lambda n=node, s=subnet: c.read_subnet_env(n).get("FLANNEL_SUBNET") == s
-                        and c.flanneld_process(n).poll() is None, 30, f"{node.name} to rewrite {subnet}")
+        m.wait_ready(node, offset)  # lease held, rules written, subnet.env rewritten
+        assert c.read_subnet_env(node)["FLANNEL_SUBNET"] == subnet
         checks.wait_converged(c, timeout=30)
         after = checks.leases(c)
         # Same keys and the same values: the successor also kept flannel.1's MAC, so no peer had to change.
         assert after == before, (before, after)
         text = format_matrix(m, ping_matrix(c))
         assert "FAIL" not in text, f"after {node.name} became {to}:\n{text}"
+        # No rule of the predecessor is left behind: the successor's rules are exactly its own set.
+        got = flannel_rules(c, node)
+        assert got == reference[to], f"{node.name} as {to}: iptables rules\n{got}\nexpected\n{reference[to]}"
+
+
+def flannel_rules(c, node) -> list[str]:
+    """The node's flanneld iptables rules (filter and nat), its own subnet replaced by <SUBNET>."""
+    subnet = str(checks.own_subnet(c, node))
+    out = []
+    for table in ("filter", "nat"):
+        dump = c.exec(node.ns, ["iptables-save", "-t", table]).stdout
+        out += [f"{table}: {line.replace(subnet, '<SUBNET>')}" for line in dump.splitlines()
+                if line.startswith("-A ") and "flanneld" in line]
+    return out
