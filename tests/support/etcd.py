@@ -11,6 +11,12 @@ Servers listen on loopback (or on any address inside a network namespace, run th
 use short raft timers so that start-up and leader election take well under a second or two.
 Everything is done with argument lists, never through a shell; TLS material is made with the
 ``openssl`` command line tool and administration uses ``etcdctl``.
+
+Two server versions: Debian's etcd 3.4 (``etcd`` on PATH) and etcd 3.6 built by ``make testdeps``
+(found through ``support.peers``).  ``PYFLANNEL_ETCD_VERSION=3.6`` or :func:`use_etcd_version` picks the
+one every server started here runs; the default is 3.4.  etcd 3.6 has no v2 store (its ``--enable-v2``
+flag is gone), so a server asked for ``enable_v2=True`` always runs 3.4: the tests that need v2 check
+what pyflannel says about configuration that exists only in the v2 store of an old cluster.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +56,8 @@ __all__ = [
     "put_v2",
     "start_cluster",
     "start_etcd",
+    "etcd_version",
+    "use_etcd_version",
 ]
 
 HEARTBEAT_MS = 50
@@ -62,6 +70,42 @@ LOG_TAIL_LINES = 30
 _handed_out: set[tuple[str, int]] = set()
 # Every server started here, so that a crashing demo or test run does not leave etcd running.
 _live: weakref.WeakSet[EtcdServer] = weakref.WeakSet()
+
+
+ETCD_VERSIONS = ("3.4", "3.6")
+_version_override: str | None = None
+
+
+def etcd_version() -> str:
+    """The etcd version new servers run: :func:`use_etcd_version`, else ``PYFLANNEL_ETCD_VERSION``, else 3.4."""
+    version = _version_override or os.environ.get("PYFLANNEL_ETCD_VERSION") or "3.4"
+    if version not in ETCD_VERSIONS:
+        raise ValueError(f"PYFLANNEL_ETCD_VERSION={version!r} is not supported; use one of {', '.join(ETCD_VERSIONS)}")
+    return version
+
+
+@contextlib.contextmanager
+def use_etcd_version(version: str) -> Iterator[None]:
+    """Run every server started inside the ``with`` block on etcd ``version`` ("3.4" or "3.6")."""
+    global _version_override
+    if version not in ETCD_VERSIONS:
+        raise ValueError(f"etcd version {version!r} is not supported; use one of {', '.join(ETCD_VERSIONS)}")
+    previous, _version_override = _version_override, version
+    try:
+        yield
+    finally:
+        _version_override = previous
+
+
+def _etcd_executable(version: str) -> str:
+    if version == "3.4":
+        return os.environ.get("PYFLANNEL_ETCD34") or _which("etcd")
+    from support.peers import etcd_binary, missing_reason  # only the 3.6 path needs the built peers
+
+    path = etcd_binary(version)
+    if path is None:
+        raise RuntimeError(missing_reason("etcd36"))
+    return str(path)
 
 
 class EtcdctlError(RuntimeError):
@@ -292,6 +336,7 @@ class EtcdServer:
     argv: tuple[str, ...] = ()
     tls: TLSFiles | None = None
     netns: str | None = None
+    version: str = "3.4"
 
     @property
     def endpoints(self) -> list[str]:
@@ -453,7 +498,7 @@ def _spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
 def _prepare(
     workdir: Path, *, name: str, host: str, client_port: int | None, peer_port: int | None,
     tls: TLSFiles | None, netns: str | None, initial_cluster: str | None, cluster_token: str,
-    extra_args: Sequence[str], auth_token_ttl: int | None, enable_v2: bool,
+    extra_args: Sequence[str], auth_token_ttl: int | None, enable_v2: bool, version: str,
 ) -> tuple[str, str, Path, Path, tuple[str, ...]]:  # fmt: skip
     """Work out URLs, paths and the full command line of one member."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -465,7 +510,7 @@ def _prepare(
     data_dir = workdir / f"{name}.etcd"
     log_path = workdir / f"{name}.log"
     args = [
-        *_netns_prefix(netns), _which("etcd"),
+        *_netns_prefix(netns), _etcd_executable(version),
         "--name", name,
         "--data-dir", str(data_dir),
         "--listen-client-urls", client_url,
@@ -480,8 +525,9 @@ def _prepare(
         "--auth-token", "simple",
         "--logger", "zap",
         "--log-outputs", "stderr",
-        f"--enable-v2={'true' if enable_v2 else 'false'}",
     ]  # fmt: skip
+    if version == "3.4":  # 3.6 has no v2 store and refuses the flag
+        args.append(f"--enable-v2={'true' if enable_v2 else 'false'}")
     if auth_token_ttl is not None:
         args += ["--auth-token-ttl", str(auth_token_ttl)]
     if tls is not None:
@@ -493,6 +539,16 @@ def _prepare(
         ]  # fmt: skip
     args += list(extra_args)
     return client_url, peer_url, data_dir, log_path, tuple(args)
+
+
+def _pick_version(version: str | None, enable_v2: bool) -> str:
+    if enable_v2:
+        return "3.4"
+    if version is None:
+        return etcd_version()
+    if version not in ETCD_VERSIONS:
+        raise ValueError(f"etcd version {version!r} is not supported; use one of {', '.join(ETCD_VERSIONS)}")
+    return version
 
 
 def start_etcd(
@@ -509,21 +565,25 @@ def start_etcd(
     auth_token_ttl: int | None = None,
     enable_v2: bool = False,
     timeout: float = 15.0,
+    version: str | None = None,
 ) -> EtcdServer:
     """Start one etcd server with its data in ``workdir/<name>.etcd`` and its log in ``workdir/<name>.log``.
 
     Returns once ``<client_url>/health`` reports healthy; on failure the process is killed and a
     RuntimeError names the log file and shows its last lines. With ``tls`` the client URL is https and
-    clients must present a certificate signed by ``tls.ca``; peer traffic stays plain http.
+    clients must present a certificate signed by ``tls.ca``; peer traffic stays plain http. ``version``
+    ("3.4"/"3.6") defaults to :func:`etcd_version`; ``enable_v2`` always means 3.4 (see the module doc).
     """
+    version = _pick_version(version, enable_v2)
     client_url, peer_url, data_dir, log_path, argv = _prepare(
         workdir, name=name, host=host, client_port=client_port, peer_port=peer_port, tls=tls, netns=netns,
         initial_cluster=initial_cluster, cluster_token=f"pyflannel-{name}-{secrets.token_hex(4)}",
-        extra_args=extra_args, auth_token_ttl=auth_token_ttl, enable_v2=enable_v2,
+        extra_args=extra_args, auth_token_ttl=auth_token_ttl, enable_v2=enable_v2, version=version,
     )  # fmt: skip
     server = EtcdServer(
         name=name, data_dir=data_dir, client_url=client_url, peer_url=peer_url,
         proc=_spawn(argv, log_path), log_path=log_path, argv=argv, tls=tls, netns=netns,
+        version=version,
     )  # fmt: skip
     _live.add(server)
     try:
@@ -545,10 +605,12 @@ def start_cluster(
     auth_token_ttl: int | None = None,
     enable_v2: bool = False,
     timeout: float = 15.0,
+    version: str | None = None,
 ) -> EtcdCluster:
     """Start ``size`` members named ``etcd0``.. concurrently (all spawned, then each waited for)."""
     if size < 1:
         raise ValueError("size must be >= 1")
+    version = _pick_version(version, enable_v2)
     names = [f"etcd{i}" for i in range(size)]
     peer_ports = [free_port(host) for _ in names]
     initial_cluster = ",".join(f"{n}=http://{_url_host(host)}:{p}" for n, p in zip(names, peer_ports, strict=True))
@@ -559,11 +621,12 @@ def start_cluster(
             client_url, peer_url, data_dir, log_path, argv = _prepare(
                 workdir, name=n, host=host, client_port=None, peer_port=peer_port, tls=tls, netns=netns,
                 initial_cluster=initial_cluster, cluster_token=token, extra_args=extra_args,
-                auth_token_ttl=auth_token_ttl, enable_v2=enable_v2,
+                auth_token_ttl=auth_token_ttl, enable_v2=enable_v2, version=version,
             )  # fmt: skip
             member = EtcdServer(
                 name=n, data_dir=data_dir, client_url=client_url, peer_url=peer_url,
                 proc=_spawn(argv, log_path), log_path=log_path, argv=argv, tls=tls, netns=netns,
+                version=version,
             )  # fmt: skip
             _live.add(member)
             cluster.members.append(member)
