@@ -117,7 +117,8 @@ def lease_key(key: str) -> str:
 
 class Daemon:
     def __init__(self, opts: Options, sm: SubnetManager | None = None, host: Any = None,
-                 firewalls: dict[str, Firewall] | None = None, rng: random.Random | None = None) -> None:
+                 firewalls: dict[str, Firewall] | None = None, rng: random.Random | None = None,
+                 backend: Backend | None = None) -> None:
         self.opts = opts
         self.stop = asyncio.Event()
         self.exit_code = 0
@@ -132,6 +133,7 @@ class Daemon:
         self._firewalls = firewalls
         self.firewall: Firewall | None = None
         self.config: NetworkConfig | None = None
+        self._backend = backend
         self.backend: Backend | None = None
         self.uplink: Uplink | None = None
         self.table: PeerTable | None = None
@@ -222,8 +224,14 @@ class Daemon:
             return self._firewalls[name]
         return catalog.firewall(name)
 
-    def choose_firewall(self) -> Firewall:
-        """iptables or nftables (docs/firewall.md); the other mode's leftovers are removed."""
+    def choose_firewall(self, make_before_break: bool = False) -> Firewall:
+        """iptables or nftables (docs/firewall.md); the other mode's leftovers are removed.
+
+        ``make_before_break`` (a switch on a running node): write the chosen mode's rules before removing
+        the other's. Removed first, there is a window (~0.1 s) with no masquerade rule: new pod flows leave
+        un-NATed and stay broken (their conntrack entry has no NAT), and once the last masquerade rule is
+        gone the netns' conntrack stops altogether, so even established NATed flows go out un-NATed.
+        """
         assert self.config is not None
         ipt = self._firewall("iptables")
         problem = ipt.available() if self.config.enable_nftables is not True else ""
@@ -232,6 +240,11 @@ class Daemon:
             raise Fatal(decision.reason)
         log.info("%s", decision.reason)
         chosen = ipt if decision.mode == "iptables" else self._firewall("nftables")
+        if make_before_break:
+            try:
+                chosen.ensure(self.firewall_spec())
+            except FlannelError as e:  # the rules loop retries (ensure_rules logs it)
+                log.warning("Could not set up %s rules yet: %s", chosen.name, e)
         other = self._firewall(decision.other)
         if not other.available():
             try:
@@ -323,7 +336,7 @@ class Daemon:
                      cur.enable_nftables, new.enable_nftables)
             self.config = new
             try:
-                self.firewall = self.choose_firewall()
+                self.firewall = self.choose_firewall(make_before_break=self.rules_wanted())
             except Fatal as e:
                 log.error("%s; keeping the %s rules", e, self.firewall.name if self.firewall else "current")
                 self.config = cur
@@ -422,7 +435,7 @@ class Daemon:
         self.config = cfg = await self.wait_for_config()
         self._step("config")
         try:
-            self.backend = backend = catalog.backend(cfg, self.host, self.sm)
+            self.backend = backend = self._backend or catalog.backend(cfg, self.host, self.sm)
         except ConfigError as e:
             raise Fatal(str(e)) from None
         self.uplink = uplink = await self.find_uplink()
@@ -469,7 +482,8 @@ class Daemon:
     async def first_sync_and_notify(self) -> None:
         assert self.reconciler is not None
         await self.synced.wait()
-        self.reconciler.request_full("first sync")
+        # The first pass is a full one by construction (need_full starts True); just make sure it runs.
+        self.reconciler.trigger()
         await self.reconciler.first_pass.wait()
         if sdnotify.notify("READY=1"):
             log.info("Notified systemd: READY=1")
