@@ -1,6 +1,6 @@
 """A small asyncio client for etcd's v3 API, through the JSON gateway (``/v3/...``).
 
-Why not a gRPC library: libraries.md section 2 measured the options. The gateway client
+Why not a gRPC library (docs/design-notes.md, "etcd"): the gateway client
 reports every failure to its caller (so flannel's own list-then-watch loop decides what to
 do), resumes watches from a revision we choose, has no grpcio fork hazard next to
 pyroute2's netns forks, and is the smallest in memory.
@@ -130,7 +130,7 @@ class TLSConfig:
 
     def context(self) -> ssl.SSLContext:
         # An explicit context: REQUESTS_CA_BUNDLE / SSL_CERT_FILE in the environment must not
-        # silently replace the operator's CA (libraries.md pitfall 8).
+        # silently replace the operator's CA (docs/design-notes.md, "TLS").
         ctx = ssl.create_default_context(cafile=self.cafile) if self.cafile else ssl.create_default_context()
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.certfile and self.keyfile:

@@ -2,7 +2,7 @@
 
 The rules live in flannel-owned chains (FLANNEL-POSTRTG in nat, FLANNEL-FWD in filter)
 with flanneld's comments, so a Go flanneld started on the same host adopts them, and
-``iptables-save`` shows exactly reference-state.md section 4. The builders are pure; the
+``iptables-save`` shows exactly what docs/kernel-notes.md lists. The builders are pure; the
 capability probe (``--random-fully``) is done by the adapter and passed in.
 """
 

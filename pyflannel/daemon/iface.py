@@ -1,10 +1,11 @@
 """Choosing the uplink interface and the public IP, with flanneld's rules and messages.
 
-Order (flannel-spec.md section 3): with none of -iface, -iface-regex, -iface-can-reach,
-the interface that owns -public-ip, else the default-route interface. Otherwise the first
-hit of: each -iface (an IP or a name), each -iface-regex (tried against every address,
-then every name), -iface-can-reach (the route to that IP). The interface address is its
-first global IPv4 address; the published PublicIP is -public-ip or that address.
+Order (flanneld's; docs/design-notes.md, "Interface and public-IP selection"): with none of
+-iface, -iface-regex, -iface-can-reach, the interface that owns -public-ip, else the
+default-route interface. Otherwise the first hit of: each -iface (an IP or a name), each
+-iface-regex (tried against every address, then every name), -iface-can-reach (the route to
+that IP). The interface address is its first global IPv4 address; the published PublicIP is
+-public-ip or that address.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ objects when someone asks: a scrape of ``/metrics`` runs ``DaemonCollector.colle
 probe of ``/readyz`` runs ``readiness_problems``.
 
 ``prometheus_client`` is imported only inside ``make_registry`` and ``collect``, which run
-once the health server starts: a daemon without ``-healthz-port`` never loads it (about
-14 MB of RSS and 60 ms of start-up, libraries.md section 5). Metrics go to a private
+on the first scrape of /metrics: a daemon without ``-healthz-port`` never loads it (about
+14 MB of RSS and 60 ms of start-up, docs/design-notes.md). Metrics go to a private
 CollectorRegistry, so the library's process/platform/GC collectors stay out.
 
 The status file (``<subnet-file dir>/pyflannel-status.json``) is for ``flannelctl status``
