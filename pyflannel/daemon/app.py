@@ -95,7 +95,9 @@ class _Views:
 
     @property
     def leases(self) -> dict[str, Lease]:
-        return self.d.table.leases if self.d.table is not None else {}
+        # Readiness tracks pending work through Readiness.in_sync (cleared by every lease change that
+        # needs a pass, set again by the pass), not through a fingerprint of the lease map.
+        return {}
 
     @property
     def watch_restarts(self) -> int:
@@ -390,6 +392,8 @@ class Daemon:
                 elif isinstance(ev, ConfigChanged):
                     self.on_config(ev.text)
             self._note_rejected(changed)
+            if changed or resync:
+                self.ready.in_sync = False  # until the pass that applies it
             rec.mark(changed)
             if resync:
                 rec.request_full("lease stream resync")
