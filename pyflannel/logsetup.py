@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # Loggers whose DEBUG lines are per-peer detail; -v=2 turns them on (their names are kept stable).
-PER_PEER_LOGGERS = ("pyflannel.daemon.reconciler", "pyflannel.daemon.watcher")
+PER_PEER_LOGGERS = ("pyflannel.daemon.reconciler", "pyflannel.adapters.etcd_watcher")
 PER_PEER_VERBOSITY = 2
 DEBUG_VERBOSITY = 4
 

@@ -76,7 +76,17 @@ def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
         raise ConfigError(NOT_SUPPORTED[btype])
     factory = _load(BACKENDS, btype, "backend type")
     stored = getattr(sm, "stored_backend_data", None)
-    be: Backend = factory(host=host, config=config, stored_backend_data=stored() if callable(stored) else None)
+    data = stored() if callable(stored) else None
+    if isinstance(data, tuple):  # kube mode: (backend-data, backend-v6-data)
+        data = data[0]
+    be: Backend = factory(host=host, config=config, stored_backend_data=data)
+    if btype == "wireguard":
+        from pyflannel.core.model import WgPeer
+
+        # WireGuard peers are not rtnetlink objects: the backend applies and observes them itself,
+        # and a replaced key file means a new PublicKey to publish.
+        host.dataplane.register(WgPeer, be.apply_peers, be.observe_peers)  # type: ignore[attr-defined]
+        be.on_key_change = sm.republish  # type: ignore[attr-defined]
     return be
 
 

@@ -1,6 +1,6 @@
 """Acquire the node's subnet lease, renew it, and take it back if it disappears.
 
-Differences from flanneld, on purpose (flannel-spec.md section 11, items 3 and 16):
+Differences from flanneld, on purpose (docs/design-notes.md, "Lease keeping"):
 * a lost create race is retried with another subnet instead of exiting;
 * if our key is deleted (an operator revoked it, or it expired while etcd was away), the
   lease is acquired again, preferring the same subnet, instead of exiting with status 0;

@@ -1,11 +1,10 @@
 """The node's view of every lease: a snapshot, then one long-lived watch.
 
 flanneld v0.20.2 opens a new watch per event and keeps only ``Events[0]`` of each
-response, so bursts and txns lose events (reference-state.md section 6). Here one watch
+response, so bursts and txns lose events (docs/design-notes.md, "The lease watch"). Here one watch
 runs from the snapshot revision + 1, every event of every response is applied, and the
 resume point is the last event's revision + 1. On compaction the watcher lists again and
-replaces its map; on a broken stream it reconnects (100 ms doubling to 1 s, so a returning
-etcd is caught up within about a second) from where it stopped.
+replaces its map; on a broken stream it reconnects from where it stopped.
 
 Besides keeping the map (the lease keeper checks our own key in it), every change is handed
 on as SubnetManager port events: a listing becomes one LeaseResync, each watch event a

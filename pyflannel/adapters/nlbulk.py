@@ -64,8 +64,12 @@ RT_SCOPE_UNIVERSE = 0
 # Multicast groups (the legacy bitmask form of bind()).
 RTMGRP_LINK = 0x1
 RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+_IFADDRMSG = struct.Struct("=BBBBi")
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -370,9 +374,11 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class LinkGone:
-    """An owned device was deleted (or renamed away): its entries went without notifications."""
+    """An owned device was deleted, renamed or changed (MAC, flags, an address): only a full pass,
+    which re-checks the device, can tell what to do, and a deleted link's routes go silently."""
 
     name: str
+    what: str = "was deleted"
 
 
 class Overrun:
@@ -388,7 +394,8 @@ class Monitor:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+        self.sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+                        | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         self.sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -425,7 +432,12 @@ class Monitor:
                         out.append(LinkGone(owned.devices[index]))
                 elif mtype == RTM_NEWLINK:
                     index, name = _link_name(payload)
-                    if index in owned.devices and name != owned.devices[index]:
-                        out.append(LinkGone(owned.devices[index]))
+                    if index in owned.devices:
+                        out.append(LinkGone(owned.devices[index], "was renamed" if name != owned.devices[index]
+                                            else "changed"))
+                elif mtype in (RTM_NEWADDR, RTM_DELADDR):
+                    index = _IFADDRMSG.unpack_from(payload, 0)[4]
+                    if index in owned.devices:
+                        out.append(LinkGone(owned.devices[index], "had an address changed"))
                 elif mtype == NLMSG_OVERRUN:
                     out.append(Overrun())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from pyflannel.adapters.netlink import Netlink, NetlinkThread
@@ -27,8 +27,8 @@ from pyflannel.ports import ApplyResult, KernelChange, Overflow, Scope
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Applier = Callable[[Sequence[Op]], list[tuple[Op, str]]]
-Observer = Callable[[], list[Entry]]
+Applier = Callable[[Sequence[Op]], Awaitable[list[tuple[Op, str]]]]
+Observer = Callable[[], Awaitable[Sequence[Entry]]]
 
 
 def owned(scope: Scope, indexes: dict[str, int]) -> Owned:
@@ -48,7 +48,7 @@ class RtnlDataplane:
     async def observe(self, scope: Scope, indexes: dict[str, int]) -> list[Entry]:
         found = await self.nl.run(lambda n: n.bulk.observe_owned(owned(scope, indexes)))
         for _apply, obs in self.extra.values():
-            found.extend(await self.nl.run(lambda _n, o=obs: o()))
+            found.extend(await obs())
         return found
 
     async def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> ApplyResult:
@@ -57,7 +57,7 @@ class RtnlDataplane:
         for kind, (apply, _obs) in self.extra.items():
             theirs = [op for op in ops if type(op.entry) is kind]
             if theirs:
-                failed.extend(await self.nl.run(lambda _n, a=apply, t=theirs: a(t)))
+                failed.extend(await apply(theirs))
         return ApplyResult(failed)
 
     async def changes(
@@ -76,7 +76,7 @@ class RtnlDataplane:
                     if isinstance(c, Change):
                         out.append(KernelChange(c.entry, c.gone))
                     elif isinstance(c, LinkGone):
-                        out.append(Overflow(f"device {c.name} was deleted"))
+                        out.append(Overflow(f"device {c.name} {c.what}"))
                     elif isinstance(c, Overrun):
                         out.append(Overflow())
                 if out:

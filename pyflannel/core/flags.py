@@ -57,7 +57,9 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("iptables-forward-rules", bool, True, "add default accept rules to FORWARD chain"),
     FlagSpec("healthz-ip", str, "0.0.0.0", "the IP address for the healthz server to listen on"),
     FlagSpec("healthz-port", int, 0, "the port for the healthz server to listen on (0 to disable)"),
-    FlagSpec("resync-period", int, 10, "pyflannel: full data-plane reconcile period, in seconds"),
+    FlagSpec("resync-period", int, 300,
+             "pyflannel: period of the full data-plane resync (the safety net; drift is repaired from "
+             "netlink notifications at once), in seconds"),
     FlagSpec("log-format", str, "text", "pyflannel: log format, text or json"),
     FlagSpec("v", int, 0, "log level for V logs (2: per-peer changes, 4: netlink calls)"),
     FlagSpec("vmodule", str, "", "accepted for compatibility with flanneld; ignored"),

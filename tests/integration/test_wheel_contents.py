@@ -35,8 +35,6 @@ def test_wheel_contains_only_the_package(tmp_path: Path) -> None:
 # Files owned by other engineers that still name outside documents; each must leave this set once its
 # comments point into docs/ (the test fails for a listed file that is already clean, so the set shrinks).
 PENDING = {
-    "pyflannel/adapters/etcd_keeper.py",
-    "pyflannel/adapters/etcd_watcher.py",
     "pyflannel/adapters/wireguard_backend.py",
     "pyflannel/core/backends/hostgw.py",
     "pyflannel/core/backends/wireguard.py",

@@ -19,7 +19,7 @@ def _per_peer_levels_restored() -> Iterator[None]:
 
 def emit() -> None:
     logging.getLogger("pyflannel.daemon.reconciler").debug("peer op replace route 100.64.9.0/24")
-    logging.getLogger("pyflannel.daemon.watcher").debug("lease added: 100.64.9.0-24 198.18.0.12")
+    logging.getLogger("pyflannel.adapters.etcd_watcher").debug("lease added: 100.64.9.0-24 198.18.0.12")
     logging.getLogger("pyflannel.adapters.netlink").debug("netlink call")
     logging.getLogger("pyflannel.flanneld").info("a change")
 
