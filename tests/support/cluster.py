@@ -592,8 +592,13 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         *,
         binary: Path | str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
-        """Start flanneld in ``node``'s namespace, logging to ``node.dir/flanneld.log``."""
+        """Start flanneld in ``node``'s namespace, logging to ``node.dir/flanneld.log``.
+
+        ``wrapper`` is an argv prefix run inside the namespace in front of flanneld (e.g.
+        ``support.nft.hidden_iptables()``); it must exec flanneld so the pid stays flanneld's.
+        """
         running = self._flanneld.get(node.name)
         if running is not None and running.poll() is None:
             raise ClusterError(f"flanneld is already running on {node.name} (pid {running.pid})")
@@ -601,6 +606,7 @@ class Cluster:
         if not exe.exists():
             raise ClusterError(f"flanneld executable not found: {exe}")
         argv = [
+            *wrapper,
             str(exe),
             f"-etcd-endpoints={ETCD_ENDPOINT}",
             f"-iface={NODE_IFACE}",
