@@ -8,6 +8,8 @@ real vxlan device in a network namespace.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +23,18 @@ class Harness:
     daemon: Any
 
     async def settle(self, cond: Callable[[], bool] | None = None, timeout: float = 10.0) -> None:
-        raise NotImplementedError
+        """Until ``cond`` holds and the reconciler has nothing pending (or is retrying failures)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for _ in range(20):
+                await asyncio.sleep(0)
+            rec = self.daemon.reconciler
+            quiet = rec is not None and not rec.dirty and not rec.foreign and not rec.need_full
+            if (cond() and (quiet or rec is None or rec.stats.netlink_errors)) if cond is not None else quiet:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the daemon did not settle")
+            await asyncio.sleep(0.002)
 
     def kernel_entries(self) -> list[Any]:
         raise NotImplementedError

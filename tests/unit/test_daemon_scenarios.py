@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -53,19 +52,6 @@ class FakeHarness(Harness):
         assert self.task is not None
         self.daemon.stop.set()
         return await asyncio.wait_for(self.task, 10)
-
-    async def settle(self, cond: Callable[[], bool] | None = None, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for _ in range(20):
-                await asyncio.sleep(0)
-            rec = self.daemon.reconciler
-            quiet = rec is not None and not rec.dirty and not rec.foreign and not rec.need_full
-            if (cond() and (quiet or rec is None or rec.stats.netlink_errors)) if cond is not None else quiet:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError("the daemon did not settle")
-            await asyncio.sleep(0.001)
 
     def kernel_entries(self) -> list:
         return list(self.dp.kernel.entries)
