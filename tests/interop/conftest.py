@@ -18,7 +18,9 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,7 @@ class Mixed:
     go_binary: Path
     go_nodes: set[str] = field(default_factory=set)
     extra_args: dict[str, list[str]] = field(default_factory=dict)  # node name -> flags for either kind
+    _notify: dict[str, socket.socket] = field(default_factory=dict, repr=False)
 
     def kind(self, node: Node) -> str:
         return "go" if node.name in self.go_nodes else "py"
@@ -79,40 +82,57 @@ class Mixed:
         return f"{node.name}({self.kind(node)})"
 
     def start(self, node: Node, kind: str | None = None) -> subprocess.Popen[bytes]:
-        """Start the node's daemon; ``kind`` ("go"/"py") switches the node's implementation first."""
+        """Start the node's daemon; ``kind`` ("go"/"py") switches the node's implementation first.
+
+        Both implementations send systemd's READY=1 to $NOTIFY_SOCKET once they hold the lease and have
+        written their rules and subnet.env; each start gets a fresh socket so :meth:`wait_ready` waits for
+        this process, not the previous one.
+        """
         if kind is not None:
             (self.go_nodes.add if kind == "go" else self.go_nodes.discard)(node.name)
         extra = self.extra_args.get(node.name, [])
+        env = {"NOTIFY_SOCKET": str(self._notify_socket(node))}
         if self.kind(node) == "go":
             # klog to stderr (the node's flanneld.log); -v=1 adds the subnet events it handles.
-            return self.c.start_flanneld(node, ["-v=1", *extra], binary=self.go_binary)
-        return self.c.start_flanneld(node, extra)
+            return self.c.start_flanneld(node, ["-v=1", *extra], env, binary=self.go_binary)
+        return self.c.start_flanneld(node, extra, env)
 
     def stop(self, node: Node, sig: int = signal.SIGTERM) -> int:
         return self.c.stop_flanneld(node, sig)
 
-    #: What each implementation logs once it holds its lease and has written subnet.env and its rules.
-    READY = {"go": "Running backend.", "py": "Running: lease"}
+    def _notify_socket(self, node: Node) -> Path:
+        # A pathname AF_UNIX socket works across network namespaces (they share the filesystem).
+        old = self._notify.pop(node.name, None)
+        if old is not None:
+            old.close()
+        path = node.dir / "notify.sock"
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(0.2)
+        self._notify[node.name] = sock
+        return path
 
-    def log_offset(self, node: Node) -> int:
-        try:
-            return node.flanneld_log.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def wait_ready(self, node: Node, offset: int, timeout: float = 30.0) -> None:
-        """Wait until the daemon started after ``offset`` (a log size) says it is running."""
-        marker = self.READY[self.kind(node)]
-
-        def ready() -> bool:
+    def wait_ready(self, node: Node, timeout: float = 30.0) -> None:
+        """Wait for READY=1 from the daemon last started on ``node``; fail at once if it exits."""
+        sock = self._notify[node.name]
+        deadline = time.monotonic() + timeout
+        while True:
             proc = self.c.flanneld_process(node)
             if proc is None or proc.poll() is not None:
                 raise AssertionError(f"{self.label(node)} exited:\n{node.flanneld_log.read_text()[-2000:]}")
-            with node.flanneld_log.open("rb") as f:
-                f.seek(offset)
-                return marker.encode() in f.read()
+            try:
+                if b"READY=1" in sock.recv(4096):
+                    return
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.label(node)} sent no READY=1 within {timeout:.0f}s")
 
-        checks.wait_for(ready, timeout, f"{self.label(node)} to log {marker!r}")
+    def close(self) -> None:
+        for sock in self._notify.values():
+            sock.close()
+        self._notify.clear()
 
     @property
     def py(self) -> list[Node]:
@@ -140,6 +160,7 @@ def mixed(interop_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Mixed]]
     until every node's kernel matches the leases.  The cluster is torn down after the test."""
     go_binary = _require_env()
     made: list[Cluster] = []
+    made_mixed: list[Mixed] = []
 
     def factory(
         nodes: int = 3, go: tuple[str, ...] = ("n3",), config: str = CONFIG, pods: int = 2,
@@ -159,16 +180,19 @@ def mixed(interop_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Mixed]]
             c.start_etcd()
         c.put_config(config)
         m = Mixed(c, go_binary, set(go), dict(extra_args or {}))
+        made_mixed.append(m)
         for n in c.nodes:
             m.start(n)
         for n in c.nodes:
-            c.wait_subnet_env(n)
+            m.wait_ready(n)
         checks.wait_converged(c, timeout=30)
         for n in c.nodes:
             c.add_pods(n, pods)
         return m
 
     yield factory
+    for m in made_mixed:
+        m.close()
     for c in made:
         c.down()
 

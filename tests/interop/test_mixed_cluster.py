@@ -93,9 +93,8 @@ def test_swap_implementation_in_place(mixed) -> None:
         before = checks.leases(c)
         subnet = c.read_subnet_env(node)["FLANNEL_SUBNET"]
         assert m.stop(node) == 0, f"{m.label(node)} did not exit 0 on SIGTERM"
-        offset = m.log_offset(node)
         m.start(node, kind=to)
-        m.wait_ready(node, offset)  # lease held, rules written, subnet.env rewritten
+        m.wait_ready(node)  # lease held, rules written, subnet.env rewritten
         assert c.read_subnet_env(node)["FLANNEL_SUBNET"] == subnet
         checks.wait_converged(c, timeout=30)
         after = checks.leases(c)
