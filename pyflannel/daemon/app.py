@@ -229,8 +229,8 @@ class Daemon:
     def choose_firewall(self, make_before_break: bool = False) -> Firewall:
         """iptables or nftables (docs/firewall.md); the other mode's leftovers are removed.
 
-        ``make_before_break`` (a switch on a running node): write the chosen mode's rules before removing
-        the other's. Removed first, there is a window (~0.1 s) with no masquerade rule: new pod flows leave
+        ``make_before_break`` (a switch on a running node, and a start-up that may follow a run in the other
+        mode): write the chosen mode's rules before removing the other's. Removed first, there is a window (~0.1 s) with no masquerade rule: new pod flows leave
         un-NATed and stay broken (their conntrack entry has no NAT), and once the last masquerade rule is
         gone the netns' conntrack stops altogether, so even established NATed flows go out un-NATed.
         """
@@ -471,7 +471,7 @@ class Daemon:
         self.reconciler = Reconciler(backend, self.dataplane, self.table, lambda: self.lease, self.after_pass,
                                      self.rng)
         if self.rules_wanted():
-            self.firewall = self.choose_firewall()
+            self.firewall = self.choose_firewall(make_before_break=True)
         await self.ensure_rules(force=True)
         self._step("rules")
         self.write_subnet_env()
