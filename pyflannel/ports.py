@@ -18,10 +18,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.lease import Lease, LeaseAttrs
-from pyflannel.core.model import Entry
+from pyflannel.core.model import Entry, FirewallSpec
 from pyflannel.core.plan import Op
 
 T = TypeVar("T")
+__all__ = ["FirewallSpec"]  # a core value type, re-exported: it crosses the Firewall port
 
 # --- SubnetManager ----------------------------------------------------------------------------
 
@@ -191,19 +192,6 @@ class Backend(Protocol):
 
 
 # --- Firewall ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FirewallSpec:
-    """Everything the masquerade and forward rules depend on (the rule builders are in core)."""
-
-    network: IPv4Network | None
-    subnet: IPv4Network | None
-    network6: IPv6Network | None = None
-    subnet6: IPv6Network | None = None
-    ip_masq: bool = False
-    forward: bool = True
-    random_fully: bool = True  # False with --ip-masq-fully-random-disable (or when unsupported)
 
 
 class Firewall(Protocol):

@@ -145,3 +145,16 @@ def link_incompatibilities(want: VxlanLink, live: LiveVxlanLink) -> list[str]:
     if live.learning != want.learning:
         why.append(f"learning: {live.learning} vs {want.learning}")
     return why
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallSpec:
+    """Everything the masquerade and forward rules depend on (the rule builders are in core)."""
+
+    network: IPv4Network | None
+    subnet: IPv4Network | None
+    network6: IPv6Network | None = None
+    subnet6: IPv6Network | None = None
+    ip_masq: bool = False
+    forward: bool = True
+    random_fully: bool = True  # False with --ip-masq-fully-random-disable (or when unsupported)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pyflannel.core.errors import FlannelError
 
 if TYPE_CHECKING:
-    from pyflannel.ports import FirewallSpec
+    from pyflannel.core.model import FirewallSpec
 
 JSON = dict[str, Any]
 
