@@ -56,6 +56,7 @@ testdeps:
 lint: venv
 	$(VENV)/bin/ruff check pyflannel tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The fault tier appends one row per scenario to $(FAULT_REPORT); pytest prints them as a table at the end.
 FAULT_REPORT := $(CURDIR)/.fault-report.jsonl
