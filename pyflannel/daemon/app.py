@@ -231,8 +231,9 @@ class Daemon:
 
         ``make_before_break`` (a switch on a running node, and a start-up that may follow a run in the other
         mode): write the chosen mode's rules before removing the other's. Removed first, there is a window
-        (~0.1 s) with no masquerade rule: new pod flows leave un-NATed and stay broken (their conntrack entry has no NAT), and once the last masquerade rule is
-        gone the netns' conntrack stops altogether, so even established NATed flows go out un-NATed.
+        (~0.1 s) with no masquerade rule: new pod flows leave un-NATed and stay broken (their conntrack
+        entry has no NAT), and once the last masquerade rule is gone the netns' conntrack stops
+        altogether, so even established NATed flows go out un-NATed.
         """
         assert self.config is not None
         ipt = self._firewall("iptables")
