@@ -37,6 +37,7 @@ IPRoute, NetlinkError = import_iproute()
 log = logging.getLogger(__name__)
 
 RT_SCOPE_LINK = 253
+RTPROT_BOOT = 3
 AF_INET, AF_INET6 = 2, 10
 
 
@@ -174,7 +175,8 @@ class WireguardBackend:
                     r.get("dst") == str(net.network_address) and r["dst_len"] == net.prefixlen for r in routes
                 )
                 if not present:
-                    ipr.route("replace", dst=str(net), oif=idx, scope=RT_SCOPE_LINK, table=254)
+                    # proto boot, as Go's netlink (NewRtMsg) writes it; pyroute2's default would be static.
+                    ipr.route("replace", dst=str(net), oif=idx, scope=RT_SCOPE_LINK, table=254, proto=RTPROT_BOOT)
                     changed.append(f"route {net} dev {dev} scope link")
         return changed
 
