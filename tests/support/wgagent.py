@@ -29,6 +29,59 @@ from pyflannel.core.lease import Lease, parse_lease_attrs
 from pyflannel.core.plan import diff
 from pyflannel.ports import Uplink
 
+#: argv prefix for ``Cluster.start_flanneld(wrapper=...)``: a private mount namespace (``unshare -m``, no
+#: propagation back to the host) with a tmpfs on /run/wireguard, so each node's wireguard-go puts its UAPI
+#: socket in a directory of its own. ``unshare`` and ``sh`` both exec, so the pid stays flanneld's.
+PRIVATE_WG_DIR = (
+    "unshare", "-m", "--propagation", "private", "sh", "-c",
+    'mkdir -p /run/wireguard && mount -t tmpfs -o mode=0700 pyflannel-wg /run/wireguard && exec "$@"',
+    "pyflannel-wg",
+)  # fmt: skip
+
+
+def wg_dump(pid: int, dev: str = "flannel-wg") -> list[list[str]]:
+    """``wg show <dev> dump`` as seen by process ``pid`` (its network and mount namespace, hence its socket).
+
+    Rows are wg's tab-separated fields: the first is the device (private key, public key, port, fwmark),
+    each further row a peer (public key, psk, endpoint, allowed ips, last handshake, rx, tx, keepalive).
+    [] if the device or its socket is not there.
+    """
+    proc = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "wg", "show", dev, "dump"],
+                          capture_output=True, text=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        return []
+    return [line.split("\t") for line in proc.stdout.splitlines() if line]
+
+
+#: Go flanneld v0.28.9's error (and the skip reason) on a kernel without the wireguard module.
+NO_KERNEL_WG = "could not create wireguard interface: operation not supported"
+
+
+def kernel_wireguard_missing() -> str | None:
+    """None if this kernel can create a ``wireguard`` link, else :data:`NO_KERNEL_WG`.
+
+    Probed the way Go flanneld fails: an rtnetlink ``add`` of kind wireguard, here in a scratch network
+    namespace (created and removed with pyroute2) so nothing of the host's is touched.
+    """
+    import errno
+    import secrets
+
+    from pyroute2 import IPRoute, NetlinkError, netns
+
+    name = f"pfwgprobe{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        with IPRoute(netns=name, flags=0) as ipr:
+            try:
+                ipr.link("add", ifname="wgprobe", kind="wireguard")
+            except NetlinkError as e:
+                if e.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    return NO_KERNEL_WG
+                raise
+        return None
+    finally:
+        netns.remove(name)
+
 
 def _lease(d: dict[str, Any]) -> Lease:
     return Lease(
