@@ -256,3 +256,42 @@ def test_hand_deleted_entries_come_back(fresh: Callable[..., Cluster]) -> None:
     log = n1.flanneld_log.read_text()
     for what in (f"replace route {peer}", f"replace fdb {mac}", f"replace neigh {peer.network_address}"):
         assert what in log, f"no repair logged for {what}"
+
+
+def _vtep(ns: str) -> tuple[int, str]:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        (i,) = ipr.link_lookup(ifname="flannel.1")
+        return i, ipr.link("get", index=i)[0].get("IFLA_ADDRESS")
+
+
+def test_vtep_mac_changed_by_hand_is_set_back(fresh: Callable[..., Cluster]) -> None:
+    """The published VtepMAC is what peers send to: a device MAC changed by hand is put back, the lease unchanged."""
+    c = fresh(nodes=2)
+    n1, n2 = c.nodes
+    i, published = _vtep(n1.ns)
+    with IPRoute(netns=n1.ns, flags=0) as ipr:
+        ipr.link("set", index=i, address="0a:11:22:33:44:55")
+    wait_for(lambda: _vtep(n1.ns)[1] == published, 5, "the daemon to set the published VtepMAC back")
+    assert "setting it back" in n1.flanneld_log.read_text()
+    assert cluster_ping(c, n2, n1)
+
+
+def test_vtep_recreated_by_hand_with_another_mac_is_mended(fresh: Callable[..., Cluster]) -> None:
+    c = fresh(nodes=2)
+    n1, n2 = c.nodes
+    i, published = _vtep(n1.ns)
+    with IPRoute(netns=n1.ns, flags=0) as ipr:
+        (eth0,) = ipr.link_lookup(ifname="eth0")
+        ipr.link("del", index=i)
+        ipr.link("add", ifname="flannel.1", kind="vxlan", vxlan_id=1, vxlan_link=eth0, vxlan_local=n1.lan_ip,
+                 vxlan_learning=0, address="0a:66:77:88:99:aa")
+    wait_for(lambda: _vtep(n1.ns)[1] == published and kernel(n1.ns)["routes"], 10,
+             "the daemon to mend the re-created device and reinstall its routes")
+    assert cluster_ping(c, n2, n1)
+
+
+def cluster_ping(c: Cluster, a_node: object, b_node: object) -> bool:
+    """n2 -> n1's flannel.1 address (through the overlay)."""
+    sn = own_subnet(c, b_node)  # type: ignore[arg-type]
+    return bool(c.exec(a_node.ns, ["ping", "-c", "2", "-W", "2", str(sn.network_address)],  # type: ignore[attr-defined]
+                       check=False).returncode == 0)
