@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.adapters.etcd import EtcdError
 from pyflannel.adapters.registry import LEASE_TTL, BadLease, SubnetRegistry
@@ -59,15 +59,20 @@ class LeaseKeeper:
     def key(self) -> str | None:
         return None if self.lease is None else self.registry.lease_key(self.lease.subnet, self.lease.subnet6)
 
-    async def acquire(self, config: NetworkConfig, previous: IPv4Network | None) -> Lease:
-        """One AcquireLease: up to 10 rounds of list, choose, write."""
+    async def acquire(self, config: NetworkConfig, previous: IPv4Network | None,
+                      previous6: IPv6Network | None = None) -> Lease:
+        """One AcquireLease: up to 10 rounds of list, choose, write (both halves of a dual-stack key)."""
         exclude: list[IPv4Network] = []
+        exclude6: list[IPv6Network] = []
         assert config.network is not None
         log.info("Picking subnet in range %s ... %s", config.subnet_min, config.subnet_max)
+        if config.enable_ipv6:
+            log.info("Picking ipv6 subnet in range %s ... %s", config.ipv6_subnet_min, config.ipv6_subnet_max)
         for _ in range(MAX_ATTEMPTS):
             leases, bad, rev = await self.registry.list_leases()
             self.snapshot = (leases, bad, rev)
-            choice = choose_subnet(config, leases, self.public_ip, previous, self.rng, exclude)
+            choice = choose_subnet(config, leases, self.public_ip, previous, self.rng, exclude,
+                                   previous6=previous6, exclude6=exclude6)
             for stale in choice.stale:
                 log.info("Lease %s for current IP %s does not fit the config; deleting it", stale.subnet,
                          self.public_ip)
@@ -83,15 +88,20 @@ class LeaseKeeper:
                 kind = "reservation" if old.reserved else "lease"
                 log.info("Found %s (%s) for current IP (%s), reusing", kind, old.subnet, self.public_ip)
             else:
-                created = await self.registry.create_lease(choice.subnet, attrs, self.ttl)
+                created = await self.registry.create_lease(choice.subnet, attrs, self.ttl, choice.subnet6)
                 if created is None:
                     log.info("Subnet %s was taken by another node meanwhile; trying another", choice.subnet)
                     exclude.append(choice.subnet)
+                    if choice.subnet6 is not None:
+                        exclude6.append(choice.subnet6)
                     # Nodes that collided once are likely in lockstep; a little jitter parts them.
                     await asyncio.sleep(self.rng.uniform(0, 0.05))
                     continue
                 lease = created
-            log.info("Lease acquired: %s (%s)", lease.subnet, choice.reason)
+            if lease.subnet6 is not None:
+                log.info("Lease acquired: %s, ipv6 %s (%s)", lease.subnet, lease.subnet6, choice.reason)
+            else:
+                log.info("Lease acquired: %s (%s)", lease.subnet, choice.reason)
             self.lease = lease
             self._lost = False
             return lease
@@ -151,14 +161,16 @@ class LeaseKeeper:
                         continue
                     log.warning("etcd lease behind %s is gone; acquiring a lease again", old.subnet)
                 self.reacquisitions += 1
-                new = await self.acquire(get_config(), old.subnet)
+                new = await self.acquire(get_config(), old.subnet, old.subnet6)
                 if new.subnet != old.subnet:
                     log.warning("Subnet changed from %s to %s", old.subnet, new.subnet)
                 on_change(new)
             except OutOfSubnets as e:
-                log.error("Could not acquire a lease: %s; retrying in %.0fs", e, RETRY_AFTER_ERROR)
+                delay = self.rng.uniform(0.5, 1.0) * RETRY_AFTER_ERROR  # jittered: nodes do not retry in lockstep
+                log.error("Could not acquire a lease: %s; retrying in %.0fs", e, delay)
                 self._lost = True
-                await asyncio.sleep(RETRY_AFTER_ERROR)
+                await asyncio.sleep(delay)
             except (EtcdError, FlannelError) as e:
-                log.error("Error renewing lease (trying again in %.0fs): %s", RETRY_AFTER_ERROR, e)
-                await asyncio.sleep(RETRY_AFTER_ERROR)
+                delay = self.rng.uniform(0.5, 1.0) * RETRY_AFTER_ERROR
+                log.error("Error renewing lease (trying again in %.0fs): %s", delay, e)
+                await asyncio.sleep(delay)
