@@ -69,7 +69,7 @@ class EtcdSubnetManager:
         if self.keeper is None:
             self.keeper = LeaseKeeper(self.registry, attrs.public_ip, lambda: self._current_attrs(),
                                       self.opts.subnet_lease_renew_margin * 60)
-        return await self.keeper.acquire(self.config, previous.subnet)
+        return await self.keeper.acquire(self.config, previous.subnet, previous.subnet6)
 
     def _current_attrs(self) -> LeaseAttrs:
         assert self._attrs is not None

@@ -4,6 +4,14 @@ This is flanneld's AcquireLease decision (``subnet/etcd/local_manager.go``) with
 I/O: the caller lists the leases, calls ``choose_subnet`` and writes the result with a
 create-if-absent transaction. If that transaction loses a race the caller lists again and
 asks again, which flanneld v0.20.2 fails to do.
+
+Dual stack (EnableIPv6): the IPv6 subnet is chosen next to the IPv4 one, by the same rules
+(flannel v0.28.9 ``allocateSubnet``): a lease reused by PublicIP must fit both halves of the
+config, and a new one draws the v4 subnet, then the v6 subnet, each uniformly among the
+first 100 free. Two departures, both for leases Go would treat worse: a previous v4 subnet
+from subnet.env is kept even when the previous v6 subnet is missing or unusable (Go then
+drops both, so enabling IPv6 renumbers every node), and a lease without a v6 half never
+blocks a v6 candidate (Go's overlap check on an empty IP6Net panics).
 """
 
 from __future__ import annotations
@@ -11,11 +19,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import OutOfSubnets
-from pyflannel.core.ipnet import subnets_between
+from pyflannel.core.ipnet import subnets6_between, subnets_between
 from pyflannel.core.lease import Lease
 
 # flanneld picks uniformly among the first 100 free subnets, so that nodes starting at the
@@ -32,9 +40,33 @@ class Choice:
     reason: str
     # Leases with our PublicIP that no longer fit the config: flanneld deletes them.
     stale: tuple[Lease, ...] = ()
+    # The IPv6 half (EnableIPv6); None for an IPv4-only config.
+    subnet6: IPv6Network | None = None
 
 
-def _free(candidate: IPv4Network, taken_same: set[IPv4Network], taken_other: Sequence[IPv4Network]) -> bool:
+def subnet6_fits(config: NetworkConfig, sn6: IPv6Network | None) -> bool:
+    """flannel's isIPv6SubnetConfigCompat: with IPv6 off only an absent v6 half fits."""
+    if not config.enable_ipv6:
+        return sn6 is None
+    if sn6 is None or config.ipv6_subnet_min is None or config.ipv6_subnet_max is None:
+        return False
+    return (
+        sn6.prefixlen == config.ipv6_subnet_len
+        and config.ipv6_subnet_min <= sn6.network_address <= config.ipv6_subnet_max
+    )
+
+
+def _reserved6_fits(config: NetworkConfig, sn6: IPv6Network | None) -> bool:
+    if not config.enable_ipv6:
+        return sn6 is None
+    return sn6 is not None and config.ipv6_network is not None and sn6.subnet_of(config.ipv6_network)
+
+
+def _free(
+    candidate: IPv4Network | IPv6Network,
+    taken_same: set[IPv4Network] | set[IPv6Network],
+    taken_other: Sequence[IPv4Network] | Sequence[IPv6Network],
+) -> bool:
     if candidate in taken_same:
         return False
     return not any(candidate.overlaps(t) for t in taken_other)
@@ -47,11 +79,13 @@ def choose_subnet(
     previous: IPv4Network | None,
     rng: random.Random,
     exclude: Iterable[IPv4Network] = (),
+    previous6: IPv6Network | None = None,
+    exclude6: Iterable[IPv6Network] = (),
 ) -> Choice:
-    """Decide which subnet this node should hold.
+    """Decide which subnet (and, with EnableIPv6, which IPv6 subnet) this node should hold.
 
-    ``exclude`` lists subnets that just lost a creation race, so a retry picks another.
-    Raises OutOfSubnets when nothing is free.
+    ``exclude``/``exclude6`` list subnets that just lost a creation race, so a retry picks others.
+    Raises OutOfSubnets when nothing is free (in either family).
     """
     assert config.network is not None and config.subnet_min is not None and config.subnet_max is not None
     leases = list(leases)
@@ -61,8 +95,11 @@ def choose_subnet(
     # second lease claiming our IP may be an impostor or a leftover); then the first that fits.
     mine.sort(key=lambda le: (not le.reserved, le.subnet != previous))
     for le in mine:
-        if config.subnet_fits(le.subnet) or (le.reserved and le.subnet.subnet_of(config.network)):
-            return Choice(le.subnet, le, f"found lease {le.subnet} for current IP {public_ip}, reusing")
+        fits4 = config.subnet_fits(le.subnet) or (le.reserved and le.subnet.subnet_of(config.network))
+        fits6 = subnet6_fits(config, le.subnet6) or (le.reserved and _reserved6_fits(config, le.subnet6))
+        if fits4 and fits6:
+            return Choice(le.subnet, le, f"found lease {_both(le.subnet, le.subnet6)} for current IP {public_ip}, "
+                          "reusing", subnet6=le.subnet6)
         if not le.reserved:
             stale.append(le)
 
@@ -71,8 +108,26 @@ def choose_subnet(
     taken_same = {t for t in taken if t.prefixlen == config.subnet_len}
     taken_other = [t for t in taken if t.prefixlen != config.subnet_len]
 
+    prev6_ok = False
+    taken6_same: set[IPv6Network] = set()
+    taken6_other: list[IPv6Network] = []
+    if config.enable_ipv6:
+        taken6 = [le.subnet6 for le in leases if le not in stale and le.subnet6 is not None]
+        taken6.extend(exclude6)
+        taken6_same = {t for t in taken6 if t.prefixlen == config.ipv6_subnet_len}
+        taken6_other = [t for t in taken6 if t.prefixlen != config.ipv6_subnet_len]
+        prev6_ok = (previous6 is not None and subnet6_fits(config, previous6)
+                    and _free(previous6, taken6_same, taken6_other))
+
     if previous is not None and config.subnet_fits(previous) and _free(previous, taken_same, taken_other):
-        return Choice(previous, None, f"reusing previous subnet {previous} from the subnet file", tuple(stale))
+        if not config.enable_ipv6:
+            return Choice(previous, None, f"reusing previous subnet {previous} from the subnet file", tuple(stale))
+        if prev6_ok:
+            return Choice(previous, None, f"reusing previous subnets {_both(previous, previous6)} from the subnet "
+                          "file", tuple(stale), previous6)
+        pick6 = _pick6(config, taken6_same, taken6_other, rng)
+        return Choice(previous, None, f"reusing previous subnet {previous} from the subnet file, allocated new "
+                      f"IPv6 subnet {pick6}", tuple(stale), pick6)
 
     free: list[IPv4Network] = []
     for cand in subnets_between(config.subnet_min, config.subnet_max, config.subnet_len):
@@ -83,4 +138,26 @@ def choose_subnet(
     if not free:
         raise OutOfSubnets()
     pick = free[rng.randrange(len(free))]
-    return Choice(pick, None, f"allocated new subnet {pick}", tuple(stale))
+    if not config.enable_ipv6:
+        return Choice(pick, None, f"allocated new subnet {pick}", tuple(stale))
+    pick6 = _pick6(config, taken6_same, taken6_other, rng)
+    return Choice(pick, None, f"allocated new subnets {_both(pick, pick6)}", tuple(stale), pick6)
+
+
+def _pick6(
+    config: NetworkConfig, taken_same: set[IPv6Network], taken_other: Sequence[IPv6Network], rng: random.Random
+) -> IPv6Network:
+    assert config.ipv6_subnet_min is not None and config.ipv6_subnet_max is not None
+    free: list[IPv6Network] = []
+    for cand in subnets6_between(config.ipv6_subnet_min, config.ipv6_subnet_max, config.ipv6_subnet_len):
+        if _free(cand, taken_same, taken_other):
+            free.append(cand)
+            if len(free) >= CANDIDATES:
+                break
+    if not free:
+        raise OutOfSubnets()
+    return free[rng.randrange(len(free))]
+
+
+def _both(sn: IPv4Network, sn6: IPv6Network | None) -> str:
+    return str(sn) if sn6 is None else f"{sn} and {sn6}"

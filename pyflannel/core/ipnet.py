@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from pyflannel.core.errors import LeaseFormatError, shorten
 
@@ -57,8 +57,19 @@ def make_subnet_key(sn4: IPv4Network, sn6: IPv6Network | None = None) -> str:
     """The last path element of a lease key: ``100.64.67.0-24[&<v6>-<len>]``."""
     key = f"{sn4.network_address}-{sn4.prefixlen}"
     if sn6 is not None:
-        key += f"&{sn6.network_address.compressed}-{sn6.prefixlen}"
+        key += f"&{go_ip6_text(sn6.network_address)}-{sn6.prefixlen}"
     return key
+
+
+def go_ip6_text(ip: IPv6Address) -> str:
+    """An IPv6 address as flannel's ``ip.IP6`` prints it in keys and PublicIPv6: RFC 5952 text.
+
+    Go's ``net.IP.String`` and ``compressed`` agree on every address a node can use. They differ only
+    for IPv4-mapped and IPv4-compatible values (``::ffff:a.b.c.d``, ``::a.b.c.d``), which Go prints as a
+    dotted quad; such a PublicIPv6 is refused by this parser (tests/unit/test_lease.py), so they are
+    printed compressed rather than as text no pyflannel node would read back.
+    """
+    return ip.compressed
 
 
 def first_host(net: IPv4Network) -> IPv4Address:
@@ -74,6 +85,15 @@ def subnets_between(
     cur, end = int(lo), int(hi)
     while cur <= end:
         yield IPv4Network((cur, prefixlen))
+        cur += step
+
+
+def subnets6_between(lo: IPv6Address, hi: IPv6Address, prefixlen: int) -> Iterator[IPv6Network]:
+    """Every IPv6 subnet of ``prefixlen`` whose network address lies in [lo, hi]."""
+    step = 1 << (128 - prefixlen)
+    cur, end = int(lo), int(hi)
+    while cur <= end:
+        yield IPv6Network((cur, prefixlen))
         cur += step
 
 

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyflannel.core.errors import LeaseFormatError, shorten
-from pyflannel.core.ipnet import make_subnet_key
+from pyflannel.core.ipnet import go_ip6_text, make_subnet_key
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # Larger values are not leases flanneld could have written; refuse before parsing.
@@ -84,7 +84,7 @@ class LeaseAttrs:
     def to_json(self) -> str:
         parts = [
             f'"PublicIP":{json.dumps(str(self.public_ip))}',
-            '"PublicIPv6":' + (json.dumps(self.public_ipv6.compressed) if self.public_ipv6 else "null"),
+            '"PublicIPv6":' + (json.dumps(go_ip6_text(self.public_ipv6)) if self.public_ipv6 else "null"),
         ]
         if self.backend_type:
             parts.append(f'"BackendType":{_compact(self.backend_type)}')
@@ -99,6 +99,15 @@ class LeaseAttrs:
         if self.backend_data is None:
             raise LeaseFormatError("vxlan lease has no BackendData")
         return _vxlan_data(self.backend_data)
+
+    def vxlan_v6_data(self) -> VxlanData:
+        """Decode BackendV6Data (the ``flannel-v6.<VNI>`` device's data); LeaseFormatError if it is not."""
+        if self.backend_v6_data is None:
+            raise LeaseFormatError("vxlan lease has no BackendV6Data")
+        try:
+            return _vxlan_data(self.backend_v6_data)
+        except LeaseFormatError as e:
+            raise LeaseFormatError(str(e).replace("BackendData", "BackendV6Data", 1)) from None
 
 
 # Every reconcile pass looks at every peer's BackendData; parse each distinct text once.
