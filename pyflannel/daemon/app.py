@@ -289,6 +289,10 @@ class Daemon:
             force = self._rules_wake.is_set()
             self._rules_wake.clear()
             await self.ensure_rules(force=force)
+            # A subnet.env that could not be written is retried here too: with notification-driven passes,
+            # a quiet node may not run a reconcile pass (which also writes it) for a whole resync period.
+            if not self.ready.subnet_file and self.lease is not None:
+                self.write_subnet_env()
 
     # --- subnet.env ----------------------------------------------------------------------
 
@@ -320,15 +324,16 @@ class Daemon:
     # --- events ----------------------------------------------------------------------------
 
     def on_config(self, text: str | None) -> None:
+        where = getattr(self.sm, "config_key", "network config")
         if text is None:
-            log.error("Network config was deleted; continuing with the running config")
+            log.error("Network config %s was deleted; continuing with the running config", where)
             return
         try:
             new = parse_config(text)
             if new.backend_type in catalog.NOT_SUPPORTED:
                 raise ConfigError(catalog.NOT_SUPPORTED[new.backend_type])
         except ConfigError as e:
-            log.error("New network config is invalid, keeping the running one: %s", e)
+            log.error("New network config %s is invalid, keeping the running one: %s", where, e)
             return
         cur = self.config
         assert cur is not None
@@ -426,12 +431,25 @@ class Daemon:
     async def find_uplink(self) -> Uplink:
         opts = self.opts
 
+        want6 = self.config is not None and self.config.enable_ipv6
+
         def pick(n: Any) -> Uplink:
+            from pyflannel.daemon.iface import read_v6_addrs, select_v6, usable_v6
+
             up = select_uplink(n.links(), n.default_route_oif(), n.route_get, opts.iface, opts.iface_regex,
                                opts.iface_can_reach, opts.public_ip)
             nets: list[IPv4Network | IPv6Network] = [a.network for a in up.link.addrs]
+            addr6 = pub6 = None
+            if want6:
+                # EnableIPv6: the v6 address of the same uplink, never a temporary/deprecated/tentative one
+                # (flannel #2293); -public-ipv6 wins for the published PublicIPv6.
+                addrs6 = read_v6_addrs(up.link.index)
+                addr6, pub6 = select_v6(addrs6, up.link.name, opts.public_ipv6)
+                log.info("Using interface with name %s and v6 address %s", up.link.name, addr6)
+                nets.extend(IPv6Network(f"{a.ip}/{a.prefixlen}", strict=False) for a in addrs6
+                            if usable_v6(a) and not a.ip.is_link_local)
             return Uplink(up.link.name, up.link.index, up.link.mtu, up.iface_addr, up.public_ip,
-                          getattr(up, "iface_addr6", None), getattr(up, "public_ipv6", None), tuple(nets))
+                          addr6, pub6, tuple(nets))
 
         return await self.dataplane.query(pick)
 

@@ -102,8 +102,10 @@ def test_network_change_exits_and_restart_leaves_no_old_routes(cluster_factory: 
         for n in c.nodes:
             proc = c.flanneld_process(n)
             assert proc is not None
-            rc = proc.wait(timeout=15)
+            # Each node restarts after its own random delay (0-30 s), so a cluster does not restart at once.
+            rc = proc.wait(timeout=45)
             assert rc == 1, f"{n.name}: flanneld exited with {rc}, want 1 (so a supervisor restarts it)"
+            assert "a random delay, so that nodes do not all restart at once" in flanneld_log(n)
             assert "Network config changed (Network 100.64.0.0/16 -> 100.65.0.0/16" in flanneld_log(n)
 
         for n in c.nodes:  # what systemd's Restart=on-failure does

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import secrets
 import shutil
 import subprocess
@@ -246,6 +247,11 @@ def test_readiness_before_config_and_doctor_on_a_broken_node(netns_prefix: str, 
         assert p.returncode == 0, p.stdout
 
         peer = own_subnet(c, n2)
+        # flanneld would repair the deleted route at once (from its notification): freeze it, as a wedged
+        # daemon would be, so that doctor sees the broken state.
+        proc = c.flanneld_process(n1)
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
         c.exec(n1.ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
         with IPRoute(netns=n1.ns, flags=0) as ipr:
             (i,) = ipr.link_lookup(ifname="flannel.1")
@@ -282,6 +288,8 @@ def test_readiness_before_config_and_doctor_on_a_broken_node(netns_prefix: str, 
         assert st["mtu"]["consistent"] is False
         text = ctl(c, n1, "status", check=True).stdout
         assert "drift 1 entry" in text and f"  missing route {peer} via {peer.network_address}" in text
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: len(c.peer_routes(n1) or []) == 1, 15, "the thawed daemon to put the route back")
     finally:
         c.down()
 
