@@ -7,6 +7,13 @@ created (so udev cannot rewrite it), an existing compatible device is adopted wi
 ``<subnet>.0/32``. The ``local`` address is the interface address (flanneld v0.20.2); Go
 flanneld v0.28 uses the PublicIP, which peers never see, so both interoperate.
 
+Dual stack (EnableIPv6) adds ``flannel-v6.<VNI>`` with the same rules: its own random VtepMAC
+(published as BackendV6Data), ``local`` the uplink's IPv6 address (flannel v0.28.9 uses the
+PublicIPv6; identical unless -public-ipv6 names another address, which the kernel could not send
+from), the address ``<v6 subnet IP>/128`` next to the kernel's link-local one, and per peer the v6
+neighbour, FDB entry and route (``core.backends.vxlan.peer_entries``). Its MTU is left to the kernel
+(uplink - 70) unless the Backend sets MTU.
+
 A device whose MAC was changed by hand (or that was re-created by hand with another MAC)
 would black-hole the node: peers send to the published VtepMAC. ``check_devices`` sets the
 published MAC back on the device instead of publishing the new one: the lease stays as every
@@ -16,24 +23,107 @@ peer already has it, nothing has to propagate, and the fix is one netlink call.
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Interface, IPv4Network
+import os
+import socket
+from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from pyflannel.adapters.netlink import Netlink, NetlinkThread, random_vtep_mac
+from pyflannel.adapters.netlink import DataplaneError, Netlink, NetlinkError, NetlinkThread, random_vtep_mac
 from pyflannel.core.backends import vxlan
 from pyflannel.core.errors import ConfigError
 from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
-from pyflannel.core.model import VxlanLink, link_incompatibilities
+from pyflannel.core.model import LiveVxlanLink, VxlanLink, link_incompatibilities
 from pyflannel.ports import PeerEntries, Scope, Uplink
 
 log = logging.getLogger(__name__)
+
+IFA_F_NODAD = 0x02
+
+
+# --- the IPv6 device: netlink calls the shared Netlink class has only in their IPv4 form ---------------------
+def read_vxlan6(n: Netlink, name: str) -> LiveVxlanLink | None:
+    """``read_vxlan`` for a device whose underlay is IPv6 (IFLA_VXLAN_LOCAL6)."""
+    if not n.ipr.link_lookup(ifname=name):
+        return None
+    for link in n.ipr.link("get", ifname=name):
+        info = link.get("IFLA_LINKINFO")
+        kind = info.get("IFLA_INFO_KIND") if info else None
+        data = info.get("IFLA_INFO_DATA") if info else None
+        local = data.get("IFLA_VXLAN_LOCAL6") if data else None
+        return LiveVxlanLink(
+            name=name,
+            index=link["index"],
+            kind=kind or "",
+            vni=data.get("IFLA_VXLAN_ID") if data else None,
+            local=IPv6Address(local) if local else None,
+            uplink_index=data.get("IFLA_VXLAN_LINK") if data else None,
+            port=(data.get("IFLA_VXLAN_PORT") or 0) if data else 0,
+            gbp=bool(data.get("IFLA_VXLAN_GBP")) if data else False,
+            learning=bool(data.get("IFLA_VXLAN_LEARNING")) if data else False,
+            mac=link.get("IFLA_ADDRESS"),
+            mtu=link.get("IFLA_MTU"),
+            up=bool(link["flags"] & 1),
+        )
+    return None
+
+
+def create_vxlan6(n: Netlink, want: VxlanLink, mac: str) -> None:
+    kw: dict[str, Any] = {
+        "ifname": want.name,
+        "kind": "vxlan",
+        "address": mac,
+        "vxlan_id": want.vni,
+        "vxlan_local6": str(want.local),
+        "vxlan_link": want.uplink_index,
+        "vxlan_learning": 1 if want.learning else 0,
+    }
+    if want.port:
+        kw["vxlan_port"] = want.port
+    if want.gbp:
+        kw["vxlan_gbp"] = True
+    if want.mtu:
+        kw["mtu"] = want.mtu
+    try:
+        n.ipr.link("add", **kw)
+    except NetlinkError as e:
+        raise DataplaneError(f"create {want.name} (vxlan id {want.vni}, local {want.local}): "
+                             f"{os.strerror(getattr(e, 'code', 0))}") from None
+    path = f"/proc/sys/net/ipv6/conf/{want.name}/accept_ra"
+    if os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("0")
+
+
+def ensure_address6(n: Netlink, index: int, address: IPv6Interface) -> list[str]:
+    """Make ``address`` the device's only global IPv6 address (link-local ones stay) and bring it up.
+
+    Added with NODAD: a tentative address cannot be the source of host-to-pod traffic for the first second.
+    """
+    changes = []
+    have = [
+        IPv6Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+        for a in n.ipr.addr("dump", family=socket.AF_INET6, index=index)
+    ]
+    for a in have:
+        if a != address and not a.ip.is_link_local:
+            n.ipr.addr("del", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
+            changes.append(f"removed address {a}")
+    if address not in have:
+        n.ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+                   flags=IFA_F_NODAD)
+        changes.append(f"added address {address}")
+    link = n.ipr.link("get", index=index)[0]
+    if not link["flags"] & 1:
+        n.ipr.link("set", index=index, state="up")
+        changes.append("set link up")
+    return changes
 
 
 class VxlanBackend:
     backend_type = vxlan.BACKEND_TYPE
 
     def __init__(self, nl: NetlinkThread, backend: dict[str, Any], network: IPv4Network,
-                 stored_mac: str | None = None) -> None:
+                 stored_mac: str | None = None, network6: IPv6Network | None = None) -> None:
         try:
             self.opts = vxlan.parse_options(backend)
         except ConfigError as e:
@@ -47,7 +137,13 @@ class VxlanBackend:
         self.link: VxlanLink | None = None
         self.uplink: Uplink | None = None
         self.dev_index = 0
-        self.onlink: list[IPv4Network] = []
+        self.onlink: list[IPv4Network | IPv6Network] = []
+        # EnableIPv6: the flannel-v6.<VNI> device ("" when IPv6 is off).
+        self.network6 = network6
+        self.device6 = self.opts.device6 if network6 is not None else ""
+        self.mac6 = ""
+        self.link6: VxlanLink | None = None
+        self.dev6_index = 0
 
     async def setup(self, uplink: Uplink) -> None:
         if uplink.iface_addr is None:
@@ -58,8 +154,41 @@ class VxlanBackend:
         self.link = VxlanLink(o.device, o.vni, uplink.iface_addr, uplink.index, o.port, o.gbp, o.learning,
                               (o.mtu - 50) if o.mtu else None)
         await self._ensure_device(self.stored_mac)
+        if self.device6:
+            if uplink.iface_addr6 is None:
+                raise ConfigError(f"vxlan with EnableIPv6 needs an IPv6 address on {uplink.name}")
+            self.link6 = VxlanLink(o.device6, o.vni, uplink.iface_addr6, uplink.index, o.port, o.gbp, o.learning,
+                                   vxlan.mtu6_for(o))
+            await self._ensure_device6()
         if o.direct_routing:
-            self.onlink = await self.nl.run(Netlink.connected_networks, uplink.index)
+            self.onlink = await self._onlink()
+
+    async def _onlink(self) -> list[IPv4Network | IPv6Network]:
+        assert self.uplink is not None
+        nets: list[IPv4Network | IPv6Network] = list(await self.nl.run(Netlink.connected_networks,
+                                                                       self.uplink.index))
+        nets.extend(n for n in self.uplink.networks if isinstance(n, IPv6Network))
+        return nets
+
+    async def _ensure_device6(self) -> None:
+        assert self.link6 is not None
+        link = self.link6
+        live = await self.nl.run(read_vxlan6, link.name)
+        if live is not None:
+            why = link_incompatibilities(link, live)
+            if not why:
+                if link.mtu and live.mtu != link.mtu:
+                    await self.nl.run(Netlink.set_mtu, live.index, link.mtu)
+                self.dev6_index, self.mac6 = live.index, self.mac6 or live.mac
+                return
+            log.warning("%s already exists with incompatible configuration: %s; recreating device",
+                        link.name, "; ".join(why))
+            await self.nl.run(Netlink.delete_link, link.name)
+        await self.nl.run(create_vxlan6, link, self.mac6 or random_vtep_mac())
+        live = await self.nl.run(read_vxlan6, link.name)
+        assert live is not None
+        log.info("Created VXLAN device %s (VNI %d, VtepMAC %s, local %s)", link.name, link.vni, live.mac, link.local)
+        self.dev6_index, self.mac6 = live.index, live.mac
 
     async def _ensure_device(self, mac: str | None) -> None:
         assert self.link is not None
@@ -84,26 +213,46 @@ class VxlanBackend:
 
     def lease_attrs(self, uplink: Uplink) -> LeaseAttrs:
         assert uplink.public_ip is not None
+        v6 = bool(self.device6) and uplink.public_ipv6 is not None
         return LeaseAttrs(public_ip=uplink.public_ip, backend_type=self.backend_type,
-                          backend_data=VxlanData(self.opts.vni, self.mac).to_json())
+                          public_ipv6=uplink.public_ipv6 if v6 else None,
+                          backend_data=VxlanData(self.opts.vni, self.mac).to_json(),
+                          backend_v6_data=VxlanData(self.opts.vni, self.mac6).to_json() if v6 else None)
 
     async def on_lease(self, lease: Lease) -> None:
         changes = await self.nl.run(Netlink.ensure_address, self.dev_index,
                                     IPv4Interface(f"{lease.subnet.network_address}/32"))
         for c in changes:
             log.info("%s: %s", self.device, c)
+        for c in await self._address6(lease):
+            log.info("%s: %s", self.device6, c)
+
+    async def _address6(self, lease: Lease) -> list[str]:
+        if not self.device6:
+            return []
+        if lease.subnet6 is None:
+            raise ConfigError(f"failed to configure interface {self.device6}: IPv6 is enabled but the lease has no "
+                              "IPv6 subnet")
+        return await self.nl.run(ensure_address6, self.dev6_index,
+                                 IPv6Interface(f"{lease.subnet6.network_address}/128"))
 
     def peer_entries(self, lease: Lease) -> PeerEntries:
         up = self.uplink.name if self.uplink else ""
-        entries, why = vxlan.peer_entries(lease, self.device, self.opts.direct_routing, up, self.onlink)
+        entries, why = vxlan.peer_entries(lease, self.device, self.opts.direct_routing, up, self.onlink, self.device6)
         return PeerEntries(entries, why)
 
     def scope(self) -> Scope:
         up = self.uplink.name if self.uplink else ""
-        return Scope((self.device,), up, (self.network,) if self.opts.direct_routing else ())
+        devices = (self.device, self.device6) if self.device6 else (self.device,)
+        nets: tuple[IPv4Network | IPv6Network, ...] = ()
+        if self.opts.direct_routing:
+            nets = (self.network, self.network6) if self.network6 is not None else (self.network,)
+        return Scope(devices, up, nets)
 
     def indexes(self) -> dict[str, int]:
         out = {self.device: self.dev_index}
+        if self.device6:
+            out[self.device6] = self.dev6_index
         if self.uplink is not None:
             out[self.uplink.name] = self.uplink.index
         return out
@@ -127,8 +276,29 @@ class VxlanBackend:
         for c in changes:
             log.info("%s: %s", self.device, c)
         changed.extend(changes)
+        if self.device6:
+            changed.extend(await self._check_device6(lease))
         if self.opts.direct_routing and self.uplink is not None:
-            self.onlink = await self.nl.run(Netlink.connected_networks, self.uplink.index)
+            self.onlink = await self._onlink()
+        return changed
+
+    async def _check_device6(self, lease: Lease) -> list[str]:
+        """check_devices for flannel-v6.<VNI>: re-create, put BackendV6Data's MAC back, re-check the address."""
+        changed: list[str] = []
+        before = self.dev6_index
+        await self._ensure_device6()
+        if self.dev6_index != before:
+            changed.append(f"re-created {self.device6}")
+        live = await self.nl.run(read_vxlan6, self.device6)
+        if live is not None and live.mac != self.mac6:
+            log.warning("%s has MAC %s but the lease publishes VtepMAC %s; setting it back", self.device6,
+                        live.mac, self.mac6)
+            await self.nl.run(Netlink.set_mac, live.index, self.mac6)
+            changed.append(f"set {self.device6} MAC back to {self.mac6}")
+        changes = await self._address6(lease)
+        for c in changes:
+            log.info("%s: %s", self.device6, c)
+        changed.extend(changes)
         return changed
 
     async def close(self) -> None:
@@ -146,4 +316,5 @@ def make(host: Any, config: Any, stored_backend_data: str | None = None) -> Vxla
         except Exception:  # a bad stored annotation only means a new MAC
             log.warning("Ignoring stored backend-data %r: not vxlan data", stored_backend_data[:120])
     assert config.network is not None
-    return VxlanBackend(host.nl, config.backend, config.network, mac)
+    network6 = config.ipv6_network if getattr(config, "enable_ipv6", False) else None
+    return VxlanBackend(host.nl, config.backend, config.network, mac, network6)

@@ -96,7 +96,7 @@ class VxlanLink:
 
     name: str
     vni: int
-    local: IPv4Address
+    local: IPv4Address | IPv6Address  # IPv6 for flannel-v6.<VNI>
     uplink_index: int
     port: int  # 0 = kernel default 8472
     gbp: bool
@@ -112,7 +112,7 @@ class LiveVxlanLink:
     index: int
     kind: str
     vni: int | None
-    local: IPv4Address | None
+    local: IPv4Address | IPv6Address | None
     uplink_index: int | None
     port: int
     gbp: bool

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyflannel.core.errors import ConfigError, LeaseFormatError, shorten_json
@@ -45,6 +45,10 @@ class VxlanOptions:
     @property
     def device(self) -> str:
         return f"flannel.{self.vni}"
+
+    @property
+    def device6(self) -> str:
+        return f"flannel-v6.{self.vni}"
 
 
 def parse_options(backend: dict[str, Any]) -> VxlanOptions:
@@ -249,16 +253,57 @@ def peer_entries(
     device: str,
     direct_routing: bool = False,
     uplink: str = "",
-    onlink_networks: Sequence[IPv4Network] = (),
+    onlink_networks: Sequence[IPv4Network | IPv6Network] = (),
+    device6: str = "",
 ) -> tuple[tuple[Route | Neigh | Fdb, ...], str]:
-    """One peer's entries (as :func:`desired_state` builds them), or the reason its lease is unusable."""
+    """One peer's entries (as :func:`desired_state` builds them), or the reason its lease is unusable.
+
+    With ``device6`` (EnableIPv6: ``flannel-v6.<VNI>``) a peer that has a v6 subnet, a PublicIPv6 and
+    BackendV6Data also gets the same three entries for IPv6: ``<v6 subnet IP> lladdr <v6 VtepMAC>``,
+    ``<v6 VtepMAC> dst <PublicIPv6>`` and ``<v6 subnet> via <v6 subnet IP> onlink``, on that device.
+    A peer without a usable v6 half keeps its IPv4 entries (a node that is not dual-stack yet).
+    """
     try:
         mac = lease.attrs.vxlan_data().vtep_mac
     except LeaseFormatError as e:
         return (), str(e)
     sn = lease.subnet
     pub: IPv4Address = lease.attrs.public_ip
-    if direct_routing and uplink and any(pub in n for n in onlink_networks):
-        return (Route(sn, pub, uplink, onlink=False),), ""
-    vtep = sn.network_address
-    return (Neigh(vtep, mac, device), Fdb(mac, pub, device), Route(sn, vtep, device, onlink=True)), ""
+    out: list[Route | Neigh | Fdb]
+    if direct_routing and uplink and any(pub in n for n in onlink_networks if n.version == 4):
+        out = [Route(sn, pub, uplink, onlink=False)]
+    else:
+        vtep = sn.network_address
+        out = [Neigh(vtep, mac, device), Fdb(mac, pub, device), Route(sn, vtep, device, onlink=True)]
+    if device6:
+        out.extend(_v6_entries(lease, device6, direct_routing, uplink, onlink_networks))
+    return tuple(out), ""
+
+
+def _v6_entries(
+    lease: Lease, device6: str, direct_routing: bool, uplink: str, onlink_networks: Sequence[IPv4Network | IPv6Network]
+) -> list[Route | Neigh | Fdb]:
+    sn6 = lease.subnet6
+    pub6: IPv6Address | None = lease.attrs.public_ipv6
+    if sn6 is None or pub6 is None or lease.attrs.backend_v6_data is None:
+        return []
+    if pub6.is_unspecified or pub6.is_multicast or pub6.is_loopback:
+        return []
+    try:
+        mac6 = lease.attrs.vxlan_v6_data().vtep_mac
+    except LeaseFormatError:
+        return []
+    if direct_routing and uplink and any(pub6 in n for n in onlink_networks if n.version == 6):
+        return [Route(sn6, pub6, uplink, onlink=False)]
+    vtep6 = sn6.network_address
+    return [Neigh(vtep6, mac6, device6), Fdb(mac6, pub6, device6), Route(sn6, vtep6, device6, onlink=True)]
+
+
+def mtu6_for(opts: VxlanOptions) -> int | None:
+    """The ``flannel-v6.<VNI>`` device MTU: Backend MTU minus the 70-byte VXLAN/IPv6 overhead, else None.
+
+    None leaves it to the kernel, which derives uplink MTU - 70 (flannel-spec.md section 3, MTU table).
+    flannel v0.28.9 sets (MTU or uplink MTU) - 50 on both devices; on the v6 device that lets a full-size
+    inner packet produce an outer one 20 bytes over the uplink MTU.
+    """
+    return opts.mtu - 70 if opts.mtu else None
