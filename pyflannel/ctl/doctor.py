@@ -16,6 +16,16 @@ Firewall mode: flanneld writes its rules either as iptables chains (FLANNEL-POST
 as the nftables tables flannel-ipv4/flannel-ipv6 (``EnableNFTables``, docs/firewall.md). Which one is
 active is read from the kernel, not from the config: ``firewall_mode`` reports it (and fails when a
 node holds both), and the forward and masquerade checks look for their rules in that mode.
+
+Backends: the checks run are chosen by the backend type in the network config (``checks_for``).
+A check that does not apply to the backend is not printed at all (no SKIP line): vxlan keeps its
+17 checks and their output exactly; host-gw replaces the VXLAN device, drift, reachability and
+checksum checks with ``hostgw_l2`` (every peer PublicIP inside one of the uplink's connected
+prefixes, and ``route get`` answers the uplink with no gateway) and ``hostgw_routes``; wireguard
+with ``wg_device``, ``wg_listen_port``, ``wg_public_key``, ``wg_key_file``, ``wg_peers`` and
+``wg_handshake`` (180 s: WireGuard re-keys every 120 s while traffic flows, so an older handshake
+means no traffic or a blocked port). An IPv6 config adds ``ipv6_forwarding`` and ``ipv6_rules``.
+SKIP remains what it was: a check that applies but cannot run.
 """
 
 from __future__ import annotations
@@ -27,12 +37,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pyflannel.core import nft_rules
+from pyflannel.core.backends import hostgw
+from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.rules import FWD_CHAIN, MASQ_CHAIN, chain_lines, forward_chain, has_jump, masq_chain, quote
 from pyflannel.ctl import status
 from pyflannel.ctl.node import NodeFacts
+from pyflannel.ctl.output import duration
 
 Level = Literal["ok", "warn", "fail", "skip"]
 CHECKSUM_FIXED = (5, 7)
+SUPPORTED = ("vxlan", hostgw.BACKEND_TYPE, wgcore.BACKEND_TYPE)
+HANDSHAKE_MAX_AGE = 180
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,12 @@ def check_config(f: NodeFacts, opts: Any) -> Check:
     if f.config is None:
         return Check("config", "fail", f.config_error or "no network config",
                      "flannelctl config set '{\"Network\": \"<cidr>\", \"Backend\": {\"Type\": \"vxlan\"}}'")
-    if f.config.backend_type != "vxlan":
-        return Check("config", "warn", f"backend {f.config.backend_type!r}: pyflannel nodes run only vxlan",
-                     "flannelctl config set with \"Backend\": {\"Type\": \"vxlan\"}")
-    return Check("config", "ok", f"Network {f.config.network}, SubnetLen {f.config.subnet_len}, backend vxlan")
+    if f.config.backend_type not in SUPPORTED:
+        return Check("config", "warn", f"backend {f.config.backend_type!r}: pyflannel nodes run "
+                     + ", ".join(SUPPORTED), "flannelctl config set with \"Backend\": {\"Type\": \"vxlan\"}")
+    v6 = f", IPv6Network {f.config.ipv6_network}" if f.ipv6 else ""
+    return Check("config", "ok", f"Network {f.config.network}, SubnetLen {f.config.subnet_len}{v6}, "
+                 f"backend {f.config.backend_type}")
 
 
 def check_ip_forward(f: NodeFacts, opts: Any) -> Check:
@@ -106,8 +123,16 @@ def check_rp_filter(f: NodeFacts, opts: Any) -> Check:
 
 def check_mtu(f: NodeFacts, opts: Any) -> Check:
     m = status.mtu_report(f)
+    if f.backend == hostgw.BACKEND_TYPE:
+        if m["uplink_mtu"] is None or m["subnet_env_mtu"] is None:
+            return Check("mtu", "skip", "need both the uplink and FLANNEL_MTU in the subnet file")
+        if not m["consistent"]:
+            return Check("mtu", "fail", "; ".join(m["problems"]), "restart flanneld (it writes the uplink's MTU), "
+                         "then restart the containers so their veths get FLANNEL_MTU")
+        return Check("mtu", "ok", f"uplink {m['uplink']} {m['uplink_mtu']}, subnet.env {m['subnet_env_mtu']}")
     if m["device_mtu"] is None or m["subnet_env_mtu"] is None:
-        return Check("mtu", "skip", "need both the VXLAN device and FLANNEL_MTU in the subnet file")
+        what = "VXLAN" if f.backend == "vxlan" else "WireGuard"
+        return Check("mtu", "skip", f"need both the {what} device and FLANNEL_MTU in the subnet file")
     if not m["consistent"]:
         fix = f"ip link set {m['device']} mtu {m['expected']}" if m["expected"] else "restart flanneld"
         return Check("mtu", "fail", "; ".join(m["problems"]),
@@ -213,7 +238,7 @@ def check_duplicate_ips(f: NodeFacts, opts: Any) -> Check:
 
 
 def _owned_route(f: NodeFacts, r: Any) -> bool:
-    if f.device is not None and r.oif == f.device.index:
+    if r.oif is not None and r.oif in f.backend_indexes():  # the VXLAN or WireGuard device
         return True
     own = f.own_subnet
     if own is not None and r.dst == own:  # the pod bridge's own subnet (docker0/cni0)
@@ -429,15 +454,354 @@ def check_daemon(f: NodeFacts, opts: Any) -> Check:
                  else f"pid {d['pid']}, ready")
 
 
-CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
+# --- host-gw ------------------------------------------------------------------------------
+
+
+def _peer_name(le: Any) -> str:
+    return f"{le.subnet} ({le.attrs.public_ip})"
+
+
+def check_hostgw_l2(f: NodeFacts, opts: Any) -> Check:
+    """Every peer's gateway is a neighbour on the uplink: inside a connected prefix, route get = uplink, no via."""
+    up = f.uplink
+    if f.kernel_error:
+        return Check("hostgw_l2", "skip", f.kernel_error)
+    if up is None:
+        return Check("hostgw_l2", "fail", "no uplink: no link holds this node's PublicIP and the status file names "
+                     "none", "start flanneld with -iface set to the interface on the nodes' shared L2")
+    if f.own is None:
+        return Check("hostgw_l2", "skip", "needs this node's lease")
+    bad = []
+    n = 0
+    for p in f.hostgw_peers:
+        for rt in p.routes:
+            n += 1
+            gw = rt.via
+            inside = [str(x) for x in f.uplink_prefixes if x.version == gw.version and gw in x]
+            lk = f.lookups.get(str(gw))
+            why = []
+            if not inside:
+                why.append(f"{gw} is in none of {up.name}'s prefixes ("
+                           + (", ".join(map(str, f.uplink_prefixes)) or "none") + ")")
+            if lk is None or lk.oif is None:
+                why.append(f"route get {gw}: {lk.error if lk else 'not asked'}")
+            elif lk.oif != up.index or lk.gateway:
+                why.append(f"route get {gw} gives" + (f" via {lk.gateway}" if lk.gateway else "")
+                           + f" dev {lk.dev or lk.oif}, not on-link on {up.name}")
+            if why:
+                bad.append(f"peer {p.lease.subnet} ({gw}): " + "; ".join(why))
+    if bad:
+        return Check("hostgw_l2", "fail", f"{len(bad)} peer(s) not on {up.name}'s L2: " + "; ".join(bad[:3]),
+                     "host-gw needs every node on one L2 segment (no router between them); use vxlan or "
+                     "wireguard across subnets, or fix -iface/-public-ip on that peer")
+    return Check("hostgw_l2", "ok", f"{n} peer gateway(s) on-link on {up.name} ("
+                 + ", ".join(map(str, f.uplink_prefixes)) + ")")
+
+
+def _on_prefixes(f: NodeFacts, ip: Any) -> bool:
+    return any(x.version == ip.version and ip in x for x in f.uplink_prefixes)
+
+
+def hostgw_drift(f: NodeFacts) -> tuple[list[str], list[str]]:
+    """(missing, stale) host-gw routes, as ``<subnet> via <gw> dev <uplink>`` lines."""
+    up = f.uplink
+    if up is None or f.config is None:
+        return [], []
+    # A gateway outside the uplink's prefixes is refused by the daemon (and reported by hostgw_l2), not missing.
+    want = {(str(rt.dst), str(rt.via)) for p in f.hostgw_peers for rt in p.routes
+            if not f.uplink_prefixes or _on_prefixes(f, rt.via)}
+    nets = [n for n in (f.config.network if f.config.enable_ipv4 else None, f.config.ipv6_network if f.ipv6
+                        else None) if n is not None]
+    have = {(str(r.dst), str(r.gateway)) for r in (*f.routes, *f.routes6)
+            if r.oif == up.index and r.gateway is not None and any(r.dst.version == n.version
+                                                                   and r.dst.subnet_of(n) for n in nets)}
+    missing = [f"{d} via {g} dev {up.name}" for d, g in sorted(want - have)]
+    stale = [f"{d} via {g} dev {up.name}" for d, g in sorted(have - want)]
+    return missing, stale
+
+
+def check_hostgw_routes(f: NodeFacts, opts: Any) -> Check:
+    if f.kernel_error:
+        return Check("hostgw_routes", "skip", f.kernel_error)
+    if f.own is None or f.uplink is None or f.config is None:
+        return Check("hostgw_routes", "skip", "needs the lease, the config and the uplink")
+    missing, stale = hostgw_drift(f)
+    rejected = [f"{p.lease.subnet}: {p.rejected}" for p in f.hostgw_peers if p.rejected]
+    if missing or stale:
+        d = [f"missing {x}" for x in missing] + [f"stale {x}" for x in stale]
+        more = f" (+{len(d) - 3} more)" if len(d) > 3 else ""
+        return Check("hostgw_routes", "fail", f"{len(d)} route(s) differ from the leases: " + "; ".join(d[:3]) + more,
+                     "flanneld puts host-gw routes back from the kernel's notification; if one stays missing, "
+                     "look for netlink errors in its log (a route via an off-L2 gateway fails: see hostgw_l2)")
+    n = sum(len(p.routes) for p in f.hostgw_peers)
+    extra = f"; ignored {len(rejected)}: " + "; ".join(rejected[:2]) if rejected else ""
+    return Check("hostgw_routes", "ok", f"{n} route(s) <subnet> via <PublicIP> dev {f.uplink.name}, all present"
+                 + extra)
+
+
+# --- wireguard ----------------------------------------------------------------------------
+
+
+def check_wg_device(f: NodeFacts, opts: Any) -> Check:
+    if f.kernel_error:
+        return Check("wg_device", "skip", f.kernel_error)
+    if not f.wg_devices:
+        return Check("wg_device", "skip", "needs the wireguard network config")
+    missing = [d.name for d in f.wg_devices if d.index is None]
+    if missing:
+        return Check("wg_device", "fail", f"{', '.join(missing)} does not exist",
+                     "start flanneld (it creates the device; without the wireguard module it needs wireguard-go "
+                     "in PATH), and check its log")
+    problems, parts = [], []
+    own = f.own_subnet
+    for d in f.wg_devices:
+        if d.kind not in ("kernel", "wireguard-go"):
+            problems.append(f"{d.name} is a {d.kind or 'plain'} link, not WireGuard")
+        if not d.up:
+            problems.append(f"{d.name} is down")
+        if own is not None and d.name == wgcore.DEVICE and f.config is not None and f.config.enable_ipv4 \
+                and f"{own.network_address}/32" not in d.addresses:
+            problems.append(f"{d.name} lacks address {own.network_address}/32 (has {', '.join(d.addresses) or 'none'})")
+        how = "kernel module" if d.kind == "kernel" else f"wireguard-go, UAPI {d.socket}" if d.socket else d.kind
+        parts.append(f"{d.name} {'up' if d.up else 'down'} ({how}), MTU {d.mtu}")
+    if problems:
+        return Check("wg_device", "fail", "; ".join(problems),
+                     "flanneld repairs the device on its next full resync (-resync-period); if not, restart it")
+    return Check("wg_device", "ok", "; ".join(parts))
+
+
+def check_wg_listen_port(f: NodeFacts, opts: Any) -> Check:
+    devs = [d for d in f.wg_devices if d.index is not None]
+    if not devs:
+        return Check("wg_listen_port", "skip", "no WireGuard device")
+    bad, ok = [], []
+    for d in devs:
+        via = "genetlink" if d.kind == "kernel" else "UAPI"
+        if d.status is None:
+            bad.append(f"{d.name} does not answer over {via}: {d.error}")
+        elif d.status.listen_port != d.listen_port:
+            bad.append(f"{d.name} listens on UDP {d.status.listen_port or 'no port'}, the config says {d.listen_port}")
+        elif f.udp_ports and d.listen_port not in f.udp_ports:
+            bad.append(f"{d.name}: no local UDP socket on port {d.listen_port}")
+        else:
+            ok.append(f"{d.name} UDP {d.listen_port} ({via} answers)")
+    if bad:
+        return Check("wg_listen_port", "fail", "; ".join(bad),
+                     "restart flanneld; for wireguard-go check that its UAPI socket directory "
+                     "(/var/run/wireguard) is the one flanneld sees")
+    return Check("wg_listen_port", "ok", ", ".join(ok) + " (peers' firewalls not probed)")
+
+
+def _published_keys(f: NodeFacts) -> list[str]:
+    out = []
+    if f.own is not None:
+        for data in (f.own.attrs.backend_data, f.own.attrs.backend_v6_data):
+            if data:
+                try:
+                    out.append(wgcore.parse_data(data).public_key)
+                except ValueError:
+                    out.append("")
+    return out
+
+
+def check_wg_public_key(f: NodeFacts, opts: Any) -> Check:
+    if f.own is None:
+        return Check("wg_public_key", "skip", "needs this node's lease")
+    k = f.wg_key
+    if k is None or not k.public_key:
+        return Check("wg_public_key", "skip", f"key file: {k.error if k else 'not read'}")
+    published = _published_keys(f)
+    dev_keys = {d.name: d.status.public_key for d in f.wg_devices if d.status is not None}
+    problems = []
+    if not published:
+        problems.append(f"the lease {f.own.subnet} publishes no PublicKey")
+    for p in sorted(set(published)):
+        if p != k.public_key:
+            problems.append(f"the lease publishes PublicKey {p or '(invalid)'} but key file {k.path} holds the key "
+                            f"of {k.public_key}")
+    for name, key in sorted(dev_keys.items()):
+        if key != k.public_key:
+            problems.append(f"{name} runs with PublicKey {key}, not the key file's")
+    if problems:
+        return Check("wg_public_key", "fail", "; ".join(problems),
+                     "flanneld re-reads the key file on its next full resync (-resync-period) and republishes; "
+                     "to apply it now, restart flanneld")
+    return Check("wg_public_key", "ok", f"PublicKey {k.public_key}: key file, lease and device(s) agree")
+
+
+def check_wg_key_file(f: NodeFacts, opts: Any) -> Check:
+    k = f.wg_key
+    if k is None:
+        return Check("wg_key_file", "skip", "not read")
+    if k.mode is None:
+        return Check("wg_key_file", "fail", k.error or f"{k.path} is unreadable",
+                     f"flanneld creates {k.path} at start (set WIREGUARD_KEY_FILE as for flanneld)")
+    if k.mode & 0o077:
+        return Check("wg_key_file", "fail", f"{k.path} has mode {k.mode:04o}: the private key is readable by others",
+                     f"chmod 0400 {k.path}, and consider the key compromised (replace it)")
+    if k.mode != 0o400:
+        return Check("wg_key_file", "warn", f"{k.path} has mode {k.mode:04o}, flanneld writes 0400",
+                     f"chmod 0400 {k.path}")
+    return Check("wg_key_file", "ok", f"{k.path} mode 0400")
+
+
+def wg_drift(f: NodeFacts) -> list[str]:
+    """Each WireGuard peer that differs from the leases: ``missing ...`` or ``stale ...``."""
+    want = {(p.dev, p.public_key): p for p in f.wg_desired}
+    have = {(d.name, p.public_key): p.entry(d.name) for d in f.wg_devices if d.status is not None
+            for p in d.status.peers}
+    out = []
+    for key, p in sorted(want.items()):
+        h = have.get(key)
+        if h is None:
+            out.append(f"missing peer {p.public_key} on {p.dev} ({p.endpoint}, {','.join(p.allowed_ips)})")
+        elif (h.endpoint, h.allowed_ips, h.keepalive, h.psk) != (p.endpoint, p.allowed_ips, p.keepalive, p.psk):
+            out.append(f"peer {p.public_key} on {p.dev}: endpoint {h.endpoint}, AllowedIPs {','.join(h.allowed_ips)} "
+                       f"(leases: {p.endpoint}, {','.join(p.allowed_ips)})")
+    out += [f"stale peer {p.public_key} on {p.dev} ({p.endpoint}, {','.join(p.allowed_ips)})"
+            for key, p in sorted(have.items()) if key not in want]
+    return out
+
+
+def check_wg_peers(f: NodeFacts, opts: Any) -> Check:
+    if f.own is None or not any(d.status is not None for d in f.wg_devices):
+        return Check("wg_peers", "skip", "needs the lease and a WireGuard device that answers")
+    d = wg_drift(f)
+    if d:
+        more = f" (+{len(d) - 3} more)" if len(d) > 3 else ""
+        return Check("wg_peers", "fail", f"{len(d)} WireGuard peer(s) differ from the leases: " + "; ".join(d[:3])
+                     + more, "flanneld fixes peers within -resync-period; if it persists, look for UAPI/genetlink "
+                     "errors in its log")
+    rej = f"; ignored {len(f.wg_rejected)}: " + "; ".join(f"{s}: {r}" for s, r in f.wg_rejected[:2]) \
+        if f.wg_rejected else ""
+    return Check("wg_peers", "ok", f"{len(f.wg_desired)} peer(s), every endpoint and AllowedIPs as the leases say"
+                 + rej)
+
+
+def _peer_by_key(f: NodeFacts) -> dict[str, Any]:
+    out = {}
+    for le in f.leases:
+        for data in (le.attrs.backend_data, le.attrs.backend_v6_data):
+            if data and le.attrs.backend_type == wgcore.BACKEND_TYPE:
+                try:
+                    out[wgcore.parse_data(data).public_key] = le
+                except ValueError:
+                    continue
+    return out
+
+
+def check_wg_handshake(f: NodeFacts, opts: Any) -> Check:
+    devs = [d for d in f.wg_devices if d.status is not None]
+    if not devs or f.own is None:
+        return Check("wg_handshake", "skip", "needs the lease and a WireGuard device that answers")
+    leases = _peer_by_key(f)
+    us = str(f.own.attrs.public_ip)
+    never, old, fresh = [], [], 0
+    for d in devs:
+        for p in d.status.peers:
+            le = leases.get(p.public_key)
+            who = _peer_name(le) if le is not None else p.endpoint
+            if p.last_handshake_sec == 0:
+                never.append(f"no handshake ever with {who}: UDP port {d.listen_port} may be blocked between {us} "
+                             f"and {p.endpoint.rsplit(':', 1)[0].strip('[]')}")
+            elif f.now - p.last_handshake_sec > HANDSHAKE_MAX_AGE:
+                old.append(f"last handshake with {who} {duration(f.now - p.last_handshake_sec)} ago")
+            else:
+                fresh += 1
+    if never or old:
+        return Check("wg_handshake", "warn", "; ".join([*never, *old][:4]),
+                     "WireGuard only shakes hands while traffic flows (set PersistentKeepaliveInterval for a steady "
+                     "one); if pods cannot reach that peer, open UDP to its ListenPort in both directions")
+    return Check("wg_handshake", "ok", f"{fresh} peer(s) with a handshake in the last {HANDSHAKE_MAX_AGE}s")
+
+
+# --- IPv6 ---------------------------------------------------------------------------------
+
+
+def check_ipv6_forwarding(f: NodeFacts, opts: Any) -> Check:
+    v = f.sysctls.get("net.ipv6.conf.all.forwarding")
+    if v is None:
+        return Check("ipv6_forwarding", "skip", "net.ipv6.conf.all.forwarding is not readable")
+    if v != "1":
+        return Check("ipv6_forwarding", "fail", f"net.ipv6.conf.all.forwarding = {v}: the node does not route IPv6 "
+                     "pod traffic", _sysctl_hint("net.ipv6.conf.all.forwarding", "1"))
+    return Check("ipv6_forwarding", "ok", "net.ipv6.conf.all.forwarding = 1")
+
+
+def check_ipv6_rules(f: NodeFacts, opts: Any) -> Check:
+    net6 = f.config.ipv6_network if f.config else None
+    if net6 is None:
+        return Check("ipv6_rules", "skip", "no IPv6Network in the config")
+    want_fwd = bool(getattr(opts, "iptables_forward_rules", True))
+    masq = (f.env or {}).get("FLANNEL_IPMASQ") == "true"
+    own6 = f.own_subnet6
+    hint = ("flanneld re-creates them within -iptables-resync seconds; if not, check its log for ip6tables/nft "
+            "errors and restart it")
+    problems: list[str] = []
+    if active_firewall(f) == "nftables":
+        listing = f.nftables.get(nft_rules.TABLE6)
+        if listing is None:
+            return Check("ipv6_rules", "fail", f"nftables: table ip6 {nft_rules.TABLE6} is missing", hint)
+        chains = [nft_rules.forward_chain("ip6", net6)] if want_fwd else []
+        table = nft_rules.NftTable("ip6", nft_rules.TABLE6, tuple(chains))
+        for ch in chains:
+            problems += nft_rules.chain_diff(table, ch, listing)
+        if masq and own6 is not None:
+            full = nft_rules.postrtg_chain("ip6", net6, own6, random_fully=True)
+            plain = nft_rules.postrtg_chain("ip6", net6, own6, random_fully=False)
+            t2 = nft_rules.NftTable("ip6", nft_rules.TABLE6, (full,))
+            if nft_rules.chain_diff(t2, full, listing) and nft_rules.chain_diff(
+                    nft_rules.NftTable("ip6", nft_rules.TABLE6, (plain,)), plain, listing):
+                problems += nft_rules.chain_diff(t2, full, listing)
+        where = f"nftables {nft_rules.TABLE6}"
+    else:
+        if f.ip6tables_error or not f.ip6tables:
+            return Check("ipv6_rules", "skip", f.ip6tables_error or "ip6tables-save not available")
+        if want_fwd:
+            problems += _missing_rules(f.ip6tables.get("filter", ""), forward_chain(net6))
+        if masq and own6 is not None:
+            problems += _missing_rules(f.ip6tables.get("nat", ""), masq_chain(net6, own6, random_fully=True))
+        where = f"ip6tables {FWD_CHAIN}" + (f", {MASQ_CHAIN}" if masq else "")
+    if problems:
+        return Check("ipv6_rules", "fail", f"{where}: {len(problems)} missing: " + "; ".join(problems[:2]), hint)
+    return Check("ipv6_rules", "ok", f"{where} in place for {net6}" + (f" (own subnet {own6})" if own6 else ""))
+
+
+VXLAN_CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
     check_config, check_ip_forward, check_br_netfilter, check_rp_filter, check_mtu, check_device, check_lease,
     check_peers_kernel, check_peers_reachable, check_duplicate_ips, check_network_overlap, check_firewall_mode,
     check_forward, check_masquerade, check_tx_checksum, check_etcd, check_daemon,
 )
+CHECKS = VXLAN_CHECKS  # the vxlan list, as before backends were data
+HOSTGW_CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
+    check_config, check_ip_forward, check_br_netfilter, check_rp_filter, check_mtu, check_lease, check_hostgw_l2,
+    check_hostgw_routes, check_duplicate_ips, check_network_overlap, check_firewall_mode, check_forward,
+    check_masquerade, check_etcd, check_daemon,
+)
+WIREGUARD_CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
+    check_config, check_ip_forward, check_br_netfilter, check_rp_filter, check_mtu, check_wg_device, check_lease,
+    check_wg_key_file, check_wg_public_key, check_wg_listen_port, check_wg_peers, check_wg_handshake,
+    check_duplicate_ips, check_network_overlap, check_firewall_mode, check_forward, check_masquerade, check_etcd,
+    check_daemon,
+)
+IPV6_CHECKS: dict[Callable[[NodeFacts, Any], Check], Callable[[NodeFacts, Any], Check]] = {
+    check_ip_forward: check_ipv6_forwarding, check_masquerade: check_ipv6_rules,
+}  # each runs right after its key
+
+
+def checks_for(f: NodeFacts) -> list[Callable[[NodeFacts, Any], Check]]:
+    """The checks that apply to this node's backend (and IPv6 config); the others are not run or printed."""
+    base = {hostgw.BACKEND_TYPE: HOSTGW_CHECKS, wgcore.BACKEND_TYPE: WIREGUARD_CHECKS}.get(f.backend, VXLAN_CHECKS)
+    out = []
+    for c in base:
+        out.append(c)
+        if f.ipv6 and c in IPV6_CHECKS:
+            out.append(IPV6_CHECKS[c])
+    return out
 
 
 def run_checks(f: NodeFacts, opts: Any) -> list[Check]:
-    return [c(f, opts) for c in CHECKS]
+    return [c(f, opts) for c in checks_for(f)]
 
 
 LABEL = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]", "skip": "[SKIP]"}

@@ -10,6 +10,16 @@ peer is judged from the kernel's route lookup (``ip route get``), not probed.
 The desired peer state is computed with the daemon's own code (``vxlan.select_peers`` and
 ``desired_state``) and compared with what ``Netlink.observe`` finds, exactly as a reconcile
 pass would; the difference is the drift an operator would see repaired by the next pass.
+
+Backend choice is data: the backend type comes from the network config (``Backend.Type``), and
+only that backend's kernel state is read. host-gw: the uplink's connected prefixes, a route
+lookup (oif and gateway) per peer PublicIP and the main-table routes through the uplink
+(``hostgw.peer_routes`` gives the desired ones). wireguard: per device of
+``wgcore.devices``, the link's kind (``wireguard`` is the kernel module, ``tun`` is
+wireguard-go), the device's own report (genetlink or the UAPI ``get=1`` of
+``adapters.wireguard``, never ``wg`` output), the key file (``WIREGUARD_KEY_FILE`` as
+flanneld reads it) and its mode. With ``EnableIPv6``: the v6 forwarding sysctl, v6 routes and
+ip6tables-save.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -25,19 +36,20 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 from pyflannel.adapters.etcd import EtcdClient, EtcdError
 from pyflannel.adapters.netlink import DataplaneError, LinkInfo, Netlink
 from pyflannel.adapters.registry import BadLease, SubnetRegistry
-from pyflannel.core.backends import vxlan
+from pyflannel.core.backends import hostgw, vxlan
+from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.config import NetworkConfig
-from pyflannel.core.errors import ConfigError, FlannelError, SubnetEnvError
+from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError, SubnetEnvError
 from pyflannel.core.flags import Options
 from pyflannel.core.lease import Lease
-from pyflannel.core.model import LiveVxlanLink, PeerState
+from pyflannel.core.model import LiveVxlanLink, PeerState, Route, WgPeer
 from pyflannel.core.subnet_env import parse_env_text
 from pyflannel.ctl.keyspace import make_client
 from pyflannel.daemon.metrics import status_path
@@ -65,6 +77,49 @@ class HostRoute:
     oif: int | None
     dev: str | None
     text: str  # as `ip route` would print it, roughly
+
+
+@dataclass(frozen=True)
+class RouteLookup:
+    """The kernel's answer to ``ip route get <PublicIP>``: out interface and gateway (None if on-link)."""
+
+    oif: int | None
+    dev: str | None
+    gateway: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostGwPeer:
+    """One host-gw peer lease: the routes it calls for (or why it is refused) and the lookup of its gateway(s)."""
+
+    lease: Lease
+    routes: tuple[Route, ...]
+    rejected: str = ""
+
+
+@dataclass(frozen=True)
+class WgDevice:
+    """One WireGuard device flanneld should have: what the link and the device itself report."""
+
+    name: str
+    listen_port: int  # from the config
+    index: int | None = None  # None: the link does not exist
+    kind: str = ""  # "kernel" (link kind wireguard), "wireguard-go" (tun), or the link's kind
+    up: bool = False
+    mtu: int = 0
+    addresses: tuple[str, ...] = ()
+    socket: str = ""  # wireguard-go's UAPI socket path
+    status: Any = None  # adapters.wireguard.DeviceStatus, None if the device did not answer
+    error: str = ""  # why it did not answer
+
+
+@dataclass(frozen=True)
+class WgKeyFile:
+    path: str
+    mode: int | None = None  # st_mode & 0o7777; None: missing or unreadable
+    public_key: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -107,6 +162,48 @@ class NodeFacts:
     udp_ports: set[int] = field(default_factory=set)
     kernel_release: str = ""
     now: float = 0.0
+    # host-gw
+    uplink_prefixes: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    hostgw_peers: list[HostGwPeer] = field(default_factory=list)
+    lookups: dict[str, RouteLookup] = field(default_factory=dict)  # peer PublicIP(v6) -> route get
+    routes6: list[HostRoute] = field(default_factory=list)
+    # wireguard
+    wg_opts: wgcore.WireguardOptions | None = None
+    wg_devices: list[WgDevice] = field(default_factory=list)
+    wg_key: WgKeyFile | None = None
+    wg_desired: list[WgPeer] = field(default_factory=list)
+    wg_rejected: list[tuple[str, str]] = field(default_factory=list)  # (subnet, reason)
+    # IPv6
+    ip6tables: dict[str, str] = field(default_factory=dict)
+    ip6tables_error: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The backend type: the network config's, else the one the daemon's status file names, else vxlan."""
+        if self.config is not None:
+            return self.config.backend_type
+        return str((self.status or {}).get("backend") or vxlan.BACKEND_TYPE)
+
+    @property
+    def ipv6(self) -> bool:
+        return bool(self.config is not None and self.config.enable_ipv6 and self.config.ipv6_network is not None)
+
+    @property
+    def own_subnet6(self) -> IPv6Network | None:
+        if self.own is not None and self.own.subnet6 is not None:
+            return self.own.subnet6
+        sub = (self.env or {}).get("FLANNEL_IPV6_SUBNET")
+        if sub:
+            with contextlib.suppress(ValueError):
+                return IPv6Network(sub, strict=False)
+        return None
+
+    def backend_indexes(self) -> set[int]:
+        """Links of the backend's own (the VXLAN device, the WireGuard devices)."""
+        out = {d.index for d in self.wg_devices if d.index is not None}
+        if self.device is not None:
+            out.add(self.device.index)
+        return out
 
     @property
     def own_subnet(self) -> IPv4Network | None:
@@ -126,17 +223,25 @@ class NodeFacts:
     def device_name(self) -> str:
         if self.vopts is not None:
             return self.vopts.device
+        if self.backend == wgcore.BACKEND_TYPE:
+            return wgcore.DEVICE
         return str((self.status or {}).get("device") or "flannel.1")
 
     def link(self, index: int | None) -> LinkInfo | None:
         return next((lk for lk in self.links if lk.index == index), None)
 
     def uplink_candidate(self) -> LinkInfo | None:
-        """The VXLAN device's underlay link, else the one the daemon's status file names."""
+        """The VXLAN device's underlay link, else the one the daemon's status file names, else the link
+        holding the lease's PublicIP (host-gw and wireguard have no underlay link to follow)."""
         if self.device is not None and self.device.uplink_index:
             return self.link(self.device.uplink_index)
         name = (self.status or {}).get("uplink")
-        return next((lk for lk in self.links if lk.name == name), None) if name else None
+        if name:
+            return next((lk for lk in self.links if lk.name == name), None)
+        if self.own is not None:
+            ip = self.own.attrs.public_ip
+            return next((lk for lk in self.links if any(a.ip == ip for a in lk.addrs)), None)
+        return None
 
 
 # --- files -------------------------------------------------------------------------------
@@ -184,6 +289,9 @@ async def read_etcd(facts: NodeFacts, opts: Options) -> None:
             facts.config = await reg.get_config()
             if facts.config.backend_type == vxlan.BACKEND_TYPE:
                 facts.vopts = vxlan.parse_options(facts.config.backend)
+            elif facts.config.backend_type == wgcore.BACKEND_TYPE:
+                facts.wg_opts = wgcore.parse_options(facts.config.backend, ipv4=facts.config.enable_ipv4,
+                                                     ipv6=facts.config.enable_ipv6)
         except ConfigError as e:
             facts.config_error = str(e)
         except EtcdError as e:
@@ -244,27 +352,37 @@ def iptables_save(table: str) -> str:
     return p.stdout
 
 
-def dump_routes(nl: Netlink, links: list[LinkInfo]) -> list[HostRoute]:
+def dump_routes(nl: Netlink, links: list[LinkInfo], family: int = socket.AF_INET) -> list[HostRoute]:
     names = {lk.index: lk.name for lk in links}
     out = []
-    for r in nl.ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+    for r in nl.ipr.route("dump", family=family, table=RT_TABLE_MAIN):
         if r["type"] != 1:  # unicast only; local/broadcast routes live in other tables anyway
             continue
-        dst = r.get("RTA_DST") or "0.0.0.0"
-        net = IPv4Network(f"{dst}/{r['dst_len']}")
+        dst = r.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+        net: Any = ip_network(f"{dst}/{r['dst_len']}")
         gw = r.get("RTA_GATEWAY")
         oif = r.get("RTA_OIF")
         dev = names.get(oif) if oif else None
         text = ("default" if r["dst_len"] == 0 else str(net)) + (f" via {gw}" if gw else "") + (
             f" dev {dev}" if dev else "")
-        out.append(HostRoute(net, IPv4Address(gw) if gw else None, oif, dev, text))
+        gateway: Any = ip_address(gw) if gw else None
+        out.append(HostRoute(net, gateway, oif, dev, text))
     return out
+
+
+def ip6tables_save(table: str) -> str:
+    p = subprocess.run(["ip6tables-save", "-t", table], capture_output=True, text=True, timeout=30, check=False)
+    if p.returncode != 0:
+        raise FlannelError(f"ip6tables-save -t {table}: exit {p.returncode}: {p.stderr.strip()[:200]}")
+    return p.stdout
 
 
 def read_kernel(facts: NodeFacts) -> None:
     facts.kernel_release = os.uname().release
     for name in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.ipv4.conf.all.rp_filter"):
         facts.sysctls[name] = read_sysctl(name)
+    if facts.ipv6:
+        facts.sysctls["net.ipv6.conf.all.forwarding"] = read_sysctl("net.ipv6.conf.all.forwarding")
     try:
         nl = Netlink()
     except OSError as e:
@@ -280,6 +398,13 @@ def read_kernel(facts: NodeFacts) -> None:
         facts.iptables = {t: iptables_save(t) for t in ("nat", "filter")}
     except (OSError, subprocess.TimeoutExpired, FlannelError) as e:
         facts.iptables_error = str(e)
+    if facts.ipv6:
+        try:
+            facts.ip6tables = {t: ip6tables_save(t) for t in ("nat", "filter")}
+        except (OSError, subprocess.TimeoutExpired, FlannelError) as e:
+            facts.ip6tables_error = str(e)
+    if facts.backend == wgcore.BACKEND_TYPE:
+        read_wireguard(facts)
     try:
         from pyflannel.adapters.nftables import NftablesFirewall
 
@@ -303,6 +428,14 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
             key = f"net.ipv4.conf.{name}.rp_filter"
             facts.sysctls[key] = read_sysctl(key)
     facts.routes = dump_routes(nl, facts.links)
+    if facts.ipv6:
+        facts.routes6 = dump_routes(nl, facts.links, socket.AF_INET6)
+    if facts.backend == hostgw.BACKEND_TYPE:
+        read_hostgw(facts, nl)
+        return
+    if facts.backend == wgcore.BACKEND_TYPE:
+        read_wg_links(facts, nl)
+        return
     if facts.device is None or facts.config is None or facts.config.network is None:
         return
     dev, up = facts.device, facts.uplink
@@ -323,6 +456,113 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
             oif = None
         lk = facts.link(oif) if oif else None
         facts.peer_routes[str(ip)] = (oif, lk.name if lk else None)
+
+
+def lookup(nl: Netlink, facts: NodeFacts, ip: IPv4Address | IPv6Address) -> RouteLookup:
+    """``ip route get <ip>``: the out interface and the gateway, if any."""
+    try:
+        res = nl.ipr.route("get", dst=str(ip))
+    except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError, or OSError
+        code = getattr(e, "code", None)
+        return RouteLookup(None, None, None, os.strerror(code) if isinstance(code, int) else str(e))
+    for r in res:
+        oif = r.get("RTA_OIF")
+        lk = facts.link(oif) if oif else None
+        return RouteLookup(oif, lk.name if lk else None, r.get("RTA_GATEWAY"))
+    return RouteLookup(None, None, None, "no route")
+
+
+def read_hostgw(facts: NodeFacts, nl: Netlink) -> None:
+    """host-gw: the uplink's prefixes, the peers' routes as the daemon computes them, a lookup per gateway."""
+    up = facts.uplink
+    if up is None or facts.config is None:
+        return
+    prefixes: list[IPv4Network | IPv6Network] = [a.network for a in up.addrs]
+    prefixes += [n for n in nl.connected_networks(up.index) if n not in prefixes]
+    for r in facts.routes6:
+        if r.oif == up.index and r.gateway is None and r.dst.prefixlen > 0 and r.dst not in prefixes \
+                and not r.dst.is_link_local and not r.dst.is_multicast:
+            prefixes.append(r.dst)
+    facts.uplink_prefixes = prefixes
+    if facts.own is None:
+        return
+    opts = hostgw.HostGwOptions(ipv4=facts.config.enable_ipv4, ipv6=facts.config.enable_ipv6)
+    for le in facts.leases:
+        if le.subnet == facts.own.subnet:
+            continue
+        # No ``onlink``: a gateway off the uplink's L2 is what doctor reports, so it is not filtered here.
+        pr = hostgw.peer_routes(le, up.name, opts, own=facts.own)
+        facts.hostgw_peers.append(HostGwPeer(le, pr.routes, pr.rejected))
+        for rt in pr.routes:
+            facts.lookups[str(rt.via)] = lookup(nl, facts, rt.via)
+
+
+def read_wg_links(facts: NodeFacts, nl: Netlink) -> None:
+    """wireguard: each device's link (kind, state, MTU, addresses); the device reports are read later."""
+    if facts.wg_opts is None:
+        return
+    for spec in wgcore.devices(facts.wg_opts):
+        found = nl.ipr.link_lookup(ifname=spec.name)
+        if not found:
+            facts.wg_devices.append(WgDevice(spec.name, spec.listen_port))
+            continue
+        (msg,) = nl.ipr.link("get", index=found[0])
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
+        addrs = tuple(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in nl.ipr.get_addr(index=found[0]))
+        facts.wg_devices.append(WgDevice(
+            spec.name, spec.listen_port, found[0],
+            {"wireguard": "kernel", "tun": "wireguard-go"}.get(kind, kind),
+            bool(msg["flags"] & 1), int(msg.get_attr("IFLA_MTU") or 0), addrs,
+        ))  # fmt: skip
+
+
+def read_wireguard(facts: NodeFacts) -> None:
+    """The key file, each device's own report (genetlink or UAPI ``get=1``), the peers the leases call for."""
+    from pyflannel.adapters import wireguard as wg
+
+    path = wg.key_file_path()
+    try:
+        st = os.stat(path)
+        key = wg.read_key_file(path)
+        facts.wg_key = WgKeyFile(path, st.st_mode & 0o7777, wgcore.public_key(key) if key else "")
+    except FileNotFoundError:
+        facts.wg_key = WgKeyFile(path, error=f"{path} does not exist")
+    except (OSError, FlannelError) as e:
+        facts.wg_key = WgKeyFile(path, error=str(getattr(e, "strerror", None) or e))
+    devices = []
+    for d in facts.wg_devices:
+        if d.index is None:
+            devices.append(d)
+            continue
+        sock = os.path.join(wg.SOCKET_DIR, f"{d.name}.sock") if d.kind == "wireguard-go" else ""
+        try:
+            if d.kind == "kernel":
+                drv = wg.KernelDriver()
+                try:
+                    status = drv.status(d.name)
+                finally:
+                    drv.close()
+            else:
+                status = wg.Uapi(sock).get(d.name)
+            devices.append(dataclasses.replace(d, socket=sock, status=status))
+        except Exception as e:  # noqa: BLE001 - WireguardError, pyroute2's NetlinkError, OSError
+            devices.append(dataclasses.replace(d, socket=sock, error=str(e)))
+    facts.wg_devices = devices
+    if facts.own is None or facts.wg_opts is None:
+        return
+    own_key = ""
+    with contextlib.suppress(LeaseFormatError):
+        if facts.own.attrs.backend_data:
+            own_key = wgcore.parse_data(facts.own.attrs.backend_data).public_key
+    for le in facts.leases:
+        if le.subnet == facts.own.subnet:
+            continue
+        r = wgcore.peer_entries(le, facts.wg_opts, own_key=own_key, own_public_ip=facts.own.attrs.public_ip,
+                                own_public_ipv6=facts.own.attrs.public_ipv6)
+        if r.rejected:
+            facts.wg_rejected.append((str(le.subnet), r.rejected))
+        facts.wg_desired.extend(r.peers)
 
 
 def collect(opts: Options, *, etcd: bool = True, kernel: bool = True) -> NodeFacts:

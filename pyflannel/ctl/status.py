@@ -3,6 +3,12 @@
 A report, not a verdict: it prints what it found, including drift, and exits 0 whenever it
 could find the node's lease; ``doctor`` is the command that fails. All values come from one
 ``NodeFacts``; this module only shapes them.
+
+The peer table follows the backend in the network config: vxlan shows VtepMAC and the missing
+route/neighbour/FDB entries; host-gw whether ``<subnet> via <PublicIP> dev <uplink>`` is in the
+main table and whether the gateway is on the uplink's L2; wireguard the device's own report of
+each peer (endpoint, AllowedIPs, last handshake, rx/tx bytes, read with the UAPI ``get=1`` or
+genetlink of ``adapters.wireguard``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pyflannel.ctl.node import NodeFacts
 from pyflannel.ctl.output import duration, table
 
 VXLAN_OVERHEAD = 50
+OVERHEAD = {"vxlan": VXLAN_OVERHEAD, "host-gw": 0, "wireguard": 80}
 
 
 def daemon_alive(pid: int | None) -> bool | None:
@@ -37,6 +44,71 @@ def entry_sets(f: NodeFacts) -> tuple[set[Entry], set[Entry]]:
 
 
 def peer_rows(f: NodeFacts) -> list[dict[str, Any]]:
+    """One row per peer in etcd, in the backend's terms."""
+    if f.backend == "host-gw":
+        return hostgw_rows(f)
+    if f.backend == "wireguard":
+        return wg_rows(f)
+    return vxlan_rows(f)
+
+
+def hostgw_rows(f: NodeFacts) -> list[dict[str, Any]]:
+    """Per host-gw peer: its route(s) present in the main table, and its gateway on the uplink's L2."""
+    from pyflannel.ctl.doctor import hostgw_drift
+
+    missing, _ = hostgw_drift(f)
+    gone = {m.split(" via ", 1)[0] for m in missing}
+    up = f.uplink
+    rows = []
+    for p in f.hostgw_peers:
+        l2 = []
+        for rt in p.routes:
+            lk = f.lookups.get(str(rt.via))
+            on = (up is not None and lk is not None and lk.oif == up.index and not lk.gateway
+                  and any(x.version == rt.via.version and rt.via in x for x in f.uplink_prefixes))
+            l2.append(on)
+        rows.append({
+            "subnet": str(p.lease.subnet),
+            "subnet6": str(p.lease.subnet6) if p.lease.subnet6 else None,
+            "public_ip": str(p.lease.attrs.public_ip),
+            "public_ipv6": str(p.lease.attrs.public_ipv6) if p.lease.attrs.public_ipv6 else None,
+            "route": None if p.rejected else all(str(rt.dst) not in gone for rt in p.routes),
+            "on_l2": None if p.rejected else all(l2),
+            "rejected": p.rejected or None,
+        })
+    return rows
+
+
+def wg_rows(f: NodeFacts) -> list[dict[str, Any]]:
+    """Per WireGuard peer the leases call for: what its device reports (None: not configured there)."""
+    have = {(d.name, p.public_key): p for d in f.wg_devices if d.status is not None for p in d.status.peers}
+    subnet_of = {}
+    for le in f.leases:
+        for sub in (le.subnet, le.subnet6):
+            if sub is not None:
+                subnet_of[str(sub)] = le
+    rows = []
+    for w in f.wg_desired:
+        st = have.get((w.dev, w.public_key))
+        le = subnet_of.get(w.allowed_ips[0]) if w.allowed_ips else None
+        hs = st.last_handshake_sec if st else 0
+        rows.append({
+            "subnet": str(le.subnet) if le else w.allowed_ips[0],
+            "public_ip": str(le.attrs.public_ip) if le else "",
+            "device": w.dev,
+            "public_key": w.public_key,
+            "configured": st is not None,
+            "endpoint": st.endpoint if st else None,
+            "allowed_ips": list(st.allowed_ips) if st else [],
+            "last_handshake": hs or None,
+            "last_handshake_age": round(f.now - hs, 1) if hs else None,
+            "rx_bytes": st.rx_bytes if st else None,
+            "tx_bytes": st.tx_bytes if st else None,
+        })
+    return rows
+
+
+def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
     """One row per vxlan peer in etcd, with what the kernel lacks for it."""
     from pyflannel.core.backends import vxlan
 
@@ -58,6 +130,15 @@ def peer_rows(f: NodeFacts) -> list[dict[str, Any]]:
 
 def drift(f: NodeFacts) -> list[str]:
     """Each kernel entry that differs from the leases: ``missing ...`` or ``stale ...``."""
+    if f.backend == "host-gw":
+        from pyflannel.ctl.doctor import hostgw_drift
+
+        missing, stale = hostgw_drift(f)
+        return [f"missing route {x}" for x in missing] + [f"stale route {x}" for x in stale]
+    if f.backend == "wireguard":
+        from pyflannel.ctl.doctor import wg_drift
+
+        return wg_drift(f)
     if f.desired is None or f.actual is None:
         return []
     desired, actual = entry_sets(f)
@@ -67,25 +148,47 @@ def drift(f: NodeFacts) -> list[str]:
 
 
 def kernel_peer_count(f: NodeFacts) -> int:
+    """Peers the kernel (or the WireGuard device) holds state for."""
+    if f.backend == "host-gw":
+        return sum(1 for r in hostgw_rows(f) if r["route"])
+    if f.backend == "wireguard":
+        return len({p.public_key for d in f.wg_devices if d.status is not None for p in d.status.peers})
     return len({e.dst for e in (f.actual.routes if f.actual else ()) if isinstance(e, Route)})
 
 
 def mtu_report(f: NodeFacts) -> dict[str, Any]:
     up = f.uplink.mtu if f.uplink else None
-    dev = f.device.mtu if f.device else None
+    backend = f.backend if f.backend in OVERHEAD else "vxlan"
+    overhead = OVERHEAD[backend]
+    if backend == "host-gw":
+        dev_name, dev = None, None
+        base = up
+    elif backend == "wireguard":
+        wgd = next((d for d in f.wg_devices if d.index is not None), None)
+        dev_name = wgd.name if wgd else f.device_name
+        dev = wgd.mtu if wgd else None
+        base = f.wg_opts.mtu if f.wg_opts and f.wg_opts.mtu else up
+    else:
+        dev_name, dev = f.device_name, (f.device.mtu if f.device else None)
+        base = (f.vopts.mtu if f.vopts and f.vopts.mtu else up)
     env_raw = (f.env or {}).get("FLANNEL_MTU")
     env = int(env_raw) if env_raw and env_raw.isdigit() else None
-    base = (f.vopts.mtu if f.vopts and f.vopts.mtu else up)
-    expected = base - VXLAN_OVERHEAD if base else None
+    expected = base - overhead if base else None
+    header = {"vxlan": f"{VXLAN_OVERHEAD}-byte VXLAN header", "wireguard": f"{overhead}-byte WireGuard overhead",
+              "host-gw": ""}[backend]
     problems = []
     if dev is not None and env is not None and dev != env:
-        problems.append(f"{f.device_name} MTU {dev} differs from FLANNEL_MTU {env} in {f.subnet_file}")
-    if up is not None and env is not None and env > up - VXLAN_OVERHEAD:
-        problems.append(f"FLANNEL_MTU {env} leaves no room for the {VXLAN_OVERHEAD}-byte VXLAN header on "
+        problems.append(f"{dev_name} MTU {dev} differs from FLANNEL_MTU {env} in {f.subnet_file}")
+    if backend == "host-gw":
+        if up is not None and env is not None and env != up:
+            problems.append(f"FLANNEL_MTU {env} in {f.subnet_file} is not the uplink "
+                            f"{f.uplink.name if f.uplink else ''} MTU {up} (host-gw adds no header)")
+    elif up is not None and env is not None and env > up - overhead:
+        problems.append(f"FLANNEL_MTU {env} leaves no room for the {header} on "
                         f"{f.uplink.name if f.uplink else 'the uplink'} (MTU {up})")
-    if up is not None and dev is not None and dev > up - VXLAN_OVERHEAD:
-        problems.append(f"{f.device_name} MTU {dev} is larger than uplink MTU {up} minus {VXLAN_OVERHEAD}")
-    return {"uplink": f.uplink.name if f.uplink else None, "uplink_mtu": up, "device": f.device_name,
+    if up is not None and dev is not None and dev > up - overhead:
+        problems.append(f"{dev_name} MTU {dev} is larger than uplink MTU {up} minus {overhead}")
+    return {"uplink": f.uplink.name if f.uplink else None, "uplink_mtu": up, "device": dev_name,
             "device_mtu": dev, "subnet_env_mtu": env, "expected": expected, "consistent": not problems,
             "problems": problems}
 
@@ -118,19 +221,47 @@ def lease_report(f: NodeFacts) -> dict[str, Any] | None:
             "lease_id": f.own.lease_id, "ttl_seconds": f.own_ttl, "expires_at": exp}
 
 
+def backend_report(f: NodeFacts) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": f.backend, "uplink": f.uplink.name if f.uplink else None}
+    if f.backend == "wireguard":
+        out["devices"] = [{"name": d.name, "exists": d.index is not None, "driver": d.kind or None,
+                           "listen_port": d.status.listen_port if d.status else None,
+                           "public_key": d.status.public_key if d.status else None,
+                           "socket": d.socket or None, "error": d.error or None} for d in f.wg_devices]
+        out["key_file"] = f.wg_key.path if f.wg_key else None
+    return out
+
+
 def status_data(f: NodeFacts) -> dict[str, Any]:
     return {
         "subnet_file": f.subnet_file,
+        "backend": backend_report(f),
         "subnet_env": f.env,
         "errors": [e for e in (f.env_error, f.etcd_error, f.config_error, f.kernel_error) if e],
         "lease": lease_report(f),
         "own_subnet": str(f.own_subnet) if f.own_subnet else None,
         "daemon": daemon_report(f),
-        "peers": {"etcd": len(f.peers), "kernel": kernel_peer_count(f), "rows": peer_rows(f),
-                  "rejected": [{"key": r.key, "reason": r.reason} for r in f.rejected], "drift": drift(f)},
+        "peers": {"etcd": _etcd_peers(f), "kernel": kernel_peer_count(f), "rows": peer_rows(f),
+                  "rejected": _rejected(f), "drift": drift(f)},
         "mtu": mtu_report(f),
         "etcd": [e.__dict__ for e in f.endpoints],
     }
+
+
+def _etcd_peers(f: NodeFacts) -> int:
+    if f.backend == "host-gw":
+        return sum(1 for p in f.hostgw_peers if not p.rejected)
+    if f.backend == "wireguard":
+        return len({p.public_key for p in f.wg_desired})
+    return len(f.peers)
+
+
+def _rejected(f: NodeFacts) -> list[dict[str, str]]:
+    if f.backend == "host-gw":
+        return [{"key": str(p.lease.subnet), "reason": p.rejected} for p in f.hostgw_peers if p.rejected]
+    if f.backend == "wireguard":
+        return [{"key": s, "reason": r} for s, r in f.wg_rejected]
+    return [{"key": r.key, "reason": r.reason} for r in f.rejected]
 
 
 def _lease_line(d: dict[str, Any]) -> str:
@@ -163,8 +294,8 @@ def _daemon_line(d: dict[str, Any]) -> str:
 
 
 def _mtu_line(m: dict[str, Any]) -> str:
-    text = (f"uplink {m['uplink'] or '?'} {m['uplink_mtu'] or '?'}, {m['device']} {m['device_mtu'] or '?'}, "
-            f"subnet.env {m['subnet_env_mtu'] or '?'}")
+    dev = f"{m['device']} {m['device_mtu'] or '?'}, " if m["device"] else ""
+    text = f"uplink {m['uplink'] or '?'} {m['uplink_mtu'] or '?'}, {dev}subnet.env {m['subnet_env_mtu'] or '?'}"
     return text + (": consistent" if m["consistent"] else ": " + "; ".join(m["problems"]))
 
 
@@ -178,11 +309,13 @@ def render(d: dict[str, Any]) -> str:
         f"peers:     etcd {p['etcd']}, kernel {p['kernel']}, drift {drift_text}",
         f"mtu:       {_mtu_line(d['mtu'])}",
     ]
+    b = d.get("backend") or {"type": "vxlan"}
+    if b["type"] != "vxlan":  # vxlan's report is unchanged
+        lines.insert(2, f"backend:   {_backend_line(b)}")
     lines += [f"error:     {e}" for e in d["errors"]]
     out = "\n".join(lines) + "\n"
     if p["rows"]:
-        out += "\n" + table(("PEER-SUBNET", "PUBLIC-IP", "VTEP-MAC", "KERNEL"),
-                            [[r["subnet"], r["public_ip"], r["vtep_mac"], r["kernel"]] for r in p["rows"]])
+        out += "\n" + _peer_table(b["type"], p["rows"])
     if p["drift"]:
         out += "\ndrift:\n" + "".join(f"  {x}\n" for x in p["drift"])
     for r in p["rejected"]:
@@ -193,6 +326,50 @@ def render(d: dict[str, Any]) -> str:
                  _size(e["db_size"]), e["error"] or ""] for e in d["etcd"]]
         out += "\n" + table(("ETCD-ENDPOINT", "HEALTH", "VERSION", "LEADER", "DB-SIZE", "ERROR"), rows)
     return out
+
+
+def _backend_line(b: dict[str, Any]) -> str:
+    if b["type"] == "host-gw":
+        return f"host-gw, routes via the peers' PublicIPs on {b['uplink'] or '?'}"
+    if b["type"] == "wireguard":
+        devs = []
+        for x in b.get("devices", []):
+            if not x["exists"]:
+                devs.append(f"{x['name']} MISSING")
+                continue
+            drv = {"kernel": "kernel module", "wireguard-go": "wireguard-go"}.get(x["driver"] or "", x["driver"] or "?")
+            port = f"UDP {x['listen_port']}" if x["listen_port"] else f"not answering ({x['error']})"
+            devs.append(f"{x['name']} ({drv}) {port}, PublicKey {x['public_key'] or '?'}")
+        return "wireguard, " + ("; ".join(devs) or "no device") + f"; key file {b.get('key_file') or '?'}"
+    return str(b["type"])
+
+
+def _peer_table(backend: str, rows: list[dict[str, Any]]) -> str:
+    if backend == "host-gw":
+        def yn(v: bool | None) -> str:
+            return "-" if v is None else ("yes" if v else "NO")
+
+        return table(("PEER-SUBNET", "PUBLIC-IP", "ROUTE", "ON-L2", "NOTE"),
+                     [[r["subnet"] + (f" {r['subnet6']}" if r["subnet6"] else ""),
+                       r["public_ip"] + (f" {r['public_ipv6']}" if r["public_ipv6"] else ""),
+                       yn(r["route"]), yn(r["on_l2"]), r["rejected"] or ""] for r in rows])
+    if backend == "wireguard":
+        return table(("PEER-SUBNET", "DEVICE", "ENDPOINT", "ALLOWED-IPS", "HANDSHAKE", "RX", "TX", "PUBLIC-KEY"),
+                     [[r["subnet"], r["device"], r["endpoint"] or "NOT CONFIGURED", ",".join(r["allowed_ips"]) or "-",
+                       "never" if r["configured"] and r["last_handshake_age"] is None
+                       else (duration(r["last_handshake_age"]) + " ago" if r["last_handshake_age"] is not None
+                             else "-"),
+                       _bytes(r["rx_bytes"]), _bytes(r["tx_bytes"]), r["public_key"]] for r in rows])
+    return table(("PEER-SUBNET", "PUBLIC-IP", "VTEP-MAC", "KERNEL"),
+                 [[r["subnet"], r["public_ip"], r["vtep_mac"], r["kernel"]] for r in rows])
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _size(n: int | None) -> str:

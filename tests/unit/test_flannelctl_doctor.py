@@ -158,7 +158,7 @@ def test_missing_or_foreign_config() -> None:
     c = by_name(f)["config"]
     assert c.level == "fail" and "flannelctl config set" in c.hint
     assert by_name(f)["forward_rules"].level == "skip" and by_name(f)["network_overlap"].level == "skip"
-    f.config = parse_config('{"Network":"100.64.0.0/16","Backend":{"Type":"host-gw"}}')
+    f.config = parse_config('{"Network":"100.64.0.0/16","Backend":{"Type":"ipip"}}')  # host-gw/wireguard run now
     assert by_name(f)["config"].level == "warn"
 
 
