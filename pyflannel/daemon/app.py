@@ -289,6 +289,14 @@ class Daemon:
             force = self._rules_wake.is_set()
             self._rules_wake.clear()
             await self.ensure_rules(force=force)
+            # Backends with state outside the kernel objects (the WireGuard key file) check it on this
+            # short period rather than on the full resync: a replaced key is published within seconds.
+            refresh = getattr(self.backend, "check_key", None)
+            if refresh is not None:
+                try:
+                    await refresh()
+                except (FlannelError, OSError) as e:
+                    log.warning("Could not re-check the backend's key: %s", e)
             # A subnet.env that could not be written is retried here too: with notification-driven passes,
             # a quiet node may not run a reconcile pass (which also writes it) for a whole resync period.
             if not self.ready.subnet_file and self.lease is not None:

@@ -149,7 +149,8 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
     watcher = getattr(daemon, "watcher", None)
     metrics = getattr(daemon, "metrics", None)
     problems = readiness_problems(daemon, now)
-    link = getattr(rec, "link", None)
+    backend = getattr(daemon, "backend", None)
+    uplink = getattr(daemon, "uplink", None)
     return {
         "version": STATUS_VERSION,
         "pid": os.getpid(),
@@ -161,8 +162,9 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
             "expiration": lease.expiration,
             "reserved": lease.reserved,
         },
-        "device": getattr(link, "name", None),
-        "uplink": getattr(rec, "uplink_name", None),
+        "device": getattr(backend, "device", None),
+        "backend_type": getattr(backend, "backend_type", None),
+        "uplink": getattr(uplink, "name", None),
         "mtu": getattr(daemon, "mtu", None),
         "last_sync": getattr(stats, "last_sync", None),
         "last_sync_duration": getattr(stats, "last_duration", None),

@@ -32,7 +32,9 @@ def daemon(tmp_path: Path) -> SimpleNamespace:
     d = SimpleNamespace(
         ready=Readiness(lease=True, rules=True, subnet_file=True, in_sync=True),
         keeper=SimpleNamespace(lease=OWN, reacquisitions=0),
-        reconciler=SimpleNamespace(stats=SyncStats(), link=SimpleNamespace(name="flannel.1"), uplink_name="eth0"),
+        reconciler=SimpleNamespace(stats=SyncStats()),
+        backend=SimpleNamespace(device="flannel.1", backend_type="vxlan"),
+        uplink=SimpleNamespace(name="eth0"),
         watcher=SimpleNamespace(leases=peers, errors=2, watch_restarts=3),
         rules=SimpleNamespace(resyncs=1),
         opts=SimpleNamespace(resync_period=10, subnet_file=str(tmp_path / "subnet.env")),
@@ -86,7 +88,7 @@ def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
     assert body(route(d, "/readyz")) == ("HTTP/1.1 200 OK", "flanneld is ready\n")
     d.ready.rules = False
     assert body(route(d, "/readyz")) == ("HTTP/1.1 503 Service Unavailable",
-                                         "flanneld is not ready yet: iptables rules not installed\n")
+                                         "flanneld is not ready yet: firewall rules not installed\n")
     d.ready.rules = True
     d.watcher.leases["k3"] = Lease(IPv4Network("100.64.3.0/24"), LeaseAttrs(IPv4Address("198.18.0.3")),
                                    mod_revision=9)
