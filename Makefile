@@ -3,8 +3,11 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the daemon, its tests and the demo need.
-APT_PKGS := etcd-server etcd-client iproute2 iptables iputils-ping iperf3 \
-            containernetworking-plugins python3 python3-venv procps kmod openssl tcpdump
+# nftables: EnableNFTables mode; wireguard-go + wireguard-tools: the wireguard backend where the kernel has
+# no module; systemd: systemd-analyze verify of the units; util-linux: unshare/nsenter for test wrappers.
+APT_PKGS := etcd-server etcd-client iproute2 iptables nftables iputils-ping iperf3 \
+            containernetworking-plugins python3 python3-venv procps kmod openssl tcpdump curl \
+            wireguard-go wireguard-tools systemd util-linux
 
 .PHONY: setup apt venv testdeps test test-unit test-integration test-netns test-faults test-interop lint demo demo-down bench clean
 
@@ -14,7 +17,7 @@ apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 venv: $(VENV)/.installed
