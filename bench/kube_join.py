@@ -12,7 +12,9 @@ the other daemon's node is no peer either: exactly K peers), a kernel poller is 
 namespace (rtnetlink dumps every 10 ms via pyflannel.adapters.nlbulk), then the daemon. The time is
 process start -> K routes on flannel.1, and then K neighbours and K FDB entries, as the poller saw
 them; the same end point for both daemons. pyflannel's "Running:" log line is recorded as well.
-Peak RSS is VmHWM right after the end point. Runs alternate between the two daemons.
+Peak RSS is VmHWM right after the end point; the CPU time (user + system, the daemon and its waited-for
+children such as iptables) at the end point is a figure the host's load changes much less than the
+wall time. Runs alternate between the two daemons.
 
     python -m bench.kube_join --nodes 1000 --runs 3
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -156,7 +159,8 @@ def finish_poller(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]
 class KubeBed:
     """Cluster (LAN + nodes) with the apiserver in the LAN namespace and a flannel kubeconfig."""
 
-    def __init__(self, nodes: int, tag: str) -> None:
+    def __init__(self, nodes: int, tag: str, *, keep: bool = False) -> None:
+        self.keep = keep
         self.prefix = f"pfk{tag}{os.urandom(1).hex()}"
         destroy_prefix(self.prefix)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"pyflannel-{self.prefix}-"))
@@ -189,6 +193,10 @@ class KubeBed:
             if self.api is not None:
                 self.api.close()
             destroy_prefix(self.prefix)
+            if self.keep:
+                print(f"(logs kept in {self.tmp})")
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def one_run(bed: KubeBed, node: Node, k: int, *, go: bool, timeout: float) -> dict[str, Any]:
@@ -203,6 +211,7 @@ def one_run(bed: KubeBed, node: Node, k: int, *, go: bool, timeout: float) -> di
     try:
         res = finish_poller(poller, timeout)
         hwm = vm_hwm_kb(proc.pid) if proc.poll() is None else 0
+        cpu = cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
         running = None
         if not go:
             running = wait_log(node.flanneld_log, f"Running: lease 100.64.1.0/24, {k} peers", since, timeout=30) - t0
@@ -218,7 +227,13 @@ def one_run(bed: KubeBed, node: Node, k: int, *, go: bool, timeout: float) -> di
         if poller.poll() is None:
             os.killpg(poller.pid, signal.SIGKILL)
     return {"routes_s": res["routes"] - t0, "all_s": res["all"] - t0, "running_s": running,
-            "vmhwm_mb": hwm / 1024, "polls": res["polls"]}
+            "vmhwm_mb": hwm / 1024, "cpu_s": cpu, "polls": res["polls"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its waited-for children (iptables etc.), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def uptime() -> str:
@@ -230,9 +245,10 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' and apiserver's logs")
     args = ap.parse_args()
     k = args.nodes
-    bed = KubeBed(2, "j")
+    bed = KubeBed(2, "j", keep=args.keep)
     figures: dict[str, Any] = {"nodes": k, "network": NETWORK}
     try:
         assert bed.api is not None
@@ -252,7 +268,7 @@ def main() -> None:
                 runs[name].append(r)
                 extra = f", Running: {r['running_s']:.3f}s" if r["running_s"] is not None else ""
                 print(f"  run {i + 1} {name}: routes {r['routes_s']:.3f}s, all {r['all_s']:.3f}s{extra}, "
-                      f"VmHWM {r['vmhwm_mb']:.1f} MB (load {r['load']})")
+                      f"CPU {r['cpu_s']:.2f}s, VmHWM {r['vmhwm_mb']:.1f} MB (load {r['load']})")
         figures["runs"] = runs
         figures["loadavg"] = loads
         med = {}
@@ -261,9 +277,11 @@ def main() -> None:
             figures[f"{name}_join_s"] = s
             figures[f"{name}_routes_s"] = summary([r["routes_s"] for r in rs])
             figures[f"{name}_vmhwm_mb"] = max(r["vmhwm_mb"] for r in rs)
+            figures[f"{name}_cpu_s"] = summary([r["cpu_s"] for r in rs])
             med[name] = s["median"]
             print(f"kube join K={k} {name}: median {s['median']:.3f} s (min {s['min']:.3f}, max {s['max']:.3f}, "
-                  f"n={s['n']}); VmHWM {figures[f'{name}_vmhwm_mb']:.1f} MB")
+                  f"n={s['n']}); CPU median {figures[f'{name}_cpu_s']['median']:.2f} s; "
+                  f"VmHWM {figures[f'{name}_vmhwm_mb']:.1f} MB")
         py_running = [r["running_s"] for r in runs["pyflannel"] if r["running_s"] is not None]
         if py_running:
             figures["pyflannel_running_s"] = summary(py_running)

@@ -6,7 +6,8 @@ watches its Node, and should be ready within 2 s of the podCIDR being assigned. 
 daemon starts with -healthz-port; once it has logged the missing podCIDR and /readyz answers 503, a
 probe inside the node's namespace sends the PATCH that assigns the podCIDR (as kube-controller-manager
 would, admin token) and polls /readyz every 5 ms. The figure is PATCH sent -> first /readyz 200.
-``--peers`` flannel Nodes exist as well, so the first pass has routes to install.
+``--peers`` flannel Nodes exist as well, so the first pass has routes to install (results go to
+bench/results/kube_podcidr.json for the default 10, kube_podcidr_p<N>.json otherwise).
 
     python -m bench.kube_podcidr --reps 10 --peers 10
 """
@@ -72,8 +73,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--peers", type=int, default=10)
+    ap.add_argument("--keep", action="store_true", help="keep the daemon's and apiserver's logs")
     args = ap.parse_args()
-    bed = KubeBed(1, "p")
+    bed = KubeBed(1, "p", keep=args.keep)
     figures: dict[str, Any] = {"peers": args.peers}
     try:
         assert bed.api is not None
@@ -114,7 +116,7 @@ def main() -> None:
               f"target <= 2 s)")
     finally:
         bed.down()
-    report("kube_podcidr", figures)
+    report("kube_podcidr" if args.peers == 10 else f"kube_podcidr_p{args.peers}", figures)
 
 
 if __name__ == "__main__":
