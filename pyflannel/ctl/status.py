@@ -54,11 +54,9 @@ def peer_rows(f: NodeFacts) -> list[dict[str, Any]]:
 
 def hostgw_rows(f: NodeFacts) -> list[dict[str, Any]]:
     """Per host-gw peer: its route(s) present in the main table, and its gateway on the uplink's L2."""
-    from pyflannel.ctl.doctor import hostgw_drift
-
-    missing, _ = hostgw_drift(f)
-    gone = {m.split(" via ", 1)[0] for m in missing}
     up = f.uplink
+    present = {(str(r.dst), str(r.gateway)) for r in (*f.routes, *f.routes6)
+               if up is not None and r.oif == up.index and r.gateway is not None}
     rows = []
     for p in f.hostgw_peers:
         l2 = []
@@ -72,7 +70,7 @@ def hostgw_rows(f: NodeFacts) -> list[dict[str, Any]]:
             "subnet6": str(p.lease.subnet6) if p.lease.subnet6 else None,
             "public_ip": str(p.lease.attrs.public_ip),
             "public_ipv6": str(p.lease.attrs.public_ipv6) if p.lease.attrs.public_ipv6 else None,
-            "route": None if p.rejected else all(str(rt.dst) not in gone for rt in p.routes),
+            "route": None if p.rejected else all((str(rt.dst), str(rt.via)) in present for rt in p.routes),
             "on_l2": None if p.rejected else all(l2),
             "rejected": p.rejected or None,
         })
