@@ -70,6 +70,19 @@ class Host:
         self.dataplane: Dataplane = RtnlDataplane(self.nl)
 
 
+def check_backend(config: NetworkConfig) -> None:
+    """Raise ConfigError (flannel's message) for a Backend a node could not run: unknown, refused, bad options."""
+    btype = config.backend_type
+    if btype in NOT_SUPPORTED:
+        raise ConfigError(NOT_SUPPORTED[btype])
+    if btype not in BACKENDS:
+        raise ConfigError(f"unknown backend type: {btype}")
+    module = importlib.import_module(f"pyflannel.core.backends.{btype.replace('-', '')}")
+    parse = getattr(module, "parse_options", None)
+    if parse is not None:
+        parse(config.backend)
+
+
 def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
     btype = config.backend_type
     if btype in NOT_SUPPORTED:

@@ -93,10 +93,11 @@ def validate_text(text: str, source: str) -> NetworkConfig:
 def support_warnings(cfg: NetworkConfig) -> list[str]:
     """What pyflannel nodes will refuse although Go flanneld accepts it."""
     out = []
-    if cfg.backend_type != vxlan.BACKEND_TYPE:
-        out.append(f"backend type {cfg.backend_type!r} is valid for Go flanneld, but pyflannel nodes run only vxlan")
-    if cfg.enable_ipv6:
-        out.append("EnableIPv6 is valid for Go flanneld, but pyflannel nodes do not support IPv6 yet")
+    if cfg.backend_type not in ("vxlan", "host-gw", "wireguard"):
+        out.append(f"backend type {cfg.backend_type!r} is valid for Go flanneld, but pyflannel nodes run only "
+                   "vxlan, host-gw and wireguard")
+    if cfg.enable_ipv6 and not cfg.enable_ipv4:
+        out.append("an IPv6-only network is not supported by pyflannel nodes yet (dual-stack is)")
     return out
 
 

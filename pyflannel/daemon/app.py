@@ -338,8 +338,7 @@ class Daemon:
             return
         try:
             new = parse_config(text)
-            if new.backend_type in catalog.NOT_SUPPORTED:
-                raise ConfigError(catalog.NOT_SUPPORTED[new.backend_type])
+            catalog.check_backend(new)
         except ConfigError as e:
             log.error("New network config %s is invalid, keeping the running one: %s", where, e)
             return
