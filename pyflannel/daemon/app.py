@@ -112,6 +112,10 @@ class _Views:
         return int(getattr(self.d.firewall, "resyncs", 0))
 
 
+def _fold(d: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in d.items()}
+
+
 def lease_key(key: str) -> str:
     """Event keys may carry a path (etcd); the table keys leases by the subnet key alone."""
     return key.rsplit("/", 1)[-1]
@@ -344,9 +348,11 @@ class Daemon:
             return
         cur = self.config
         assert cur is not None
-        if new == cur and new.backend == cur.backend:
+        # Backend keys are case-insensitive, as Go decodes them: {"type": "vxlan"} is the same backend.
+        same_backend = _fold(new.backend) == _fold(cur.backend)
+        if new == cur and same_backend:
             return
-        if replace(new, enable_nftables=cur.enable_nftables) == cur and new.backend == cur.backend:
+        if replace(new, enable_nftables=cur.enable_nftables) == cur and same_backend:
             log.info("Network config changed EnableNFTables (%s -> %s); switching firewall mode in place",
                      cur.enable_nftables, new.enable_nftables)
             self.config = new
