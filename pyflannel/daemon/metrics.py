@@ -132,6 +132,10 @@ def readiness_problems(daemon: Any, now: float | None = None) -> list[str]:
             missing.insert(0, "no subnet lease")
     elif lease.expiration is not None and lease.expiration <= now:
         missing.insert(0, f"subnet lease {lease.subnet} expired {now - lease.expiration:.0f}s ago")
+    sm = getattr(daemon, "subnet_manager", None)
+    if lease is not None and sm is not None and getattr(sm, "in_sync", True) is False:
+        # The peer view may be stale: the lease watch (etcd) or the Node watch (Kubernetes) is not live.
+        missing.append(f"the {getattr(sm, 'name', 'lease')} lease watch is not in sync (reconnecting)")
     metrics = getattr(daemon, "metrics", None)
     synced = getattr(metrics, "synced_fingerprint", None)
     if daemon.ready.in_sync and getattr(daemon, "watcher", None) is not None and synced != lease_fingerprint(daemon):
