@@ -109,9 +109,10 @@ def test_config_set_from_file_and_stdin(capsys: pytest.CaptureFixture[str], etcd
 def test_config_set_warns_about_misfits_and_unsupported(capsys: pytest.CaptureFixture[str], etcd: EtcdServer) -> None:
     etcdctl(etcd, "put", f"{PREFIX}/config", CONFIG, check=True)
     make_leases(etcd, {"100.64.5.0/24": vx("198.18.0.11", "0e:00:00:00:00:01")})
-    rc, _, err = ctl(capsys, etcd, "config", "set", '{"Network":"100.65.0.0/16","Backend":{"Type":"host-gw"}}')
+    rc, _, err = ctl(capsys, etcd, "config", "set", '{"Network":"100.65.0.0/16","Backend":{"Type":"ipip"}}')
     assert rc == 0
-    assert "backend type 'host-gw' is valid for Go flanneld, but pyflannel nodes run only vxlan" in err
+    assert ("backend type 'ipip' is valid for Go flanneld, but pyflannel nodes run only vxlan, host-gw and "
+            "wireguard") in err
     assert "1 existing lease(s) do not fit the new config (e.g. 100.64.5.0/24)" in err
 
 

@@ -76,7 +76,8 @@ def test_config_validate_json_and_json_logs(capsys: pytest.CaptureFixture[str]) 
     assert main(["config", "validate", '{"Network":"100.64.0.0/16"}', "--json"], {}) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["valid"] and d["effective"]["BackendType"] == "udp" and d["effective"]["SubnetMax"] == "100.64.255.0"
-    assert d["warnings"] == ["backend type 'udp' is valid for Go flanneld, but pyflannel nodes run only vxlan"]
+    assert d["warnings"] == ["backend type 'udp' is valid for Go flanneld, but pyflannel nodes run only vxlan, "
+                             "host-gw and wireguard"]
     assert main(["config", "validate", "{"], {"FLANNELD_LOG_FORMAT": "json"}) == 1
     line = json.loads(capsys.readouterr().err)
     assert line["level"] == "error" and "config is not valid JSON" in line["msg"]

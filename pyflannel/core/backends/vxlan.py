@@ -302,7 +302,7 @@ def _v6_entries(
 def mtu6_for(opts: VxlanOptions) -> int | None:
     """The ``flannel-v6.<VNI>`` device MTU: Backend MTU minus the 70-byte VXLAN/IPv6 overhead, else None.
 
-    None leaves it to the kernel, which derives uplink MTU - 70 (flannel-spec.md section 3, MTU table).
+    None leaves it to the kernel, which derives uplink MTU - 70 (docs/kernel-notes.md, MTU).
     flannel v0.28.9 sets (MTU or uplink MTU) - 50 on both devices; on the v6 device that lets a full-size
     inner packet produce an outer one 20 bytes over the uplink MTU.
     """
