@@ -60,6 +60,8 @@ log = logging.getLogger("pyflannel.flanneld")
 
 # A config change that needs a restart waits this long at most (uniformly random per node).
 RESTART_SPREAD = 30.0
+# How often an unchanged subnet.env is read back to check it is still there (s).
+ENV_CHECK_INTERVAL = 5.0
 
 
 class Fatal(FlannelError):
@@ -152,6 +154,7 @@ class Daemon:
         self.rules: Any = views
         self._env_written: str | None = None
         self._env_error: str | None = None
+        self._env_checked = 0.0
         self._rules_wake = asyncio.Event()
         self._rejected_seen: set[tuple[str, str]] = set()
         self._bad_seen: dict[str, str] = {}
@@ -303,8 +306,9 @@ class Daemon:
                     log.warning("Could not re-check the backend's key: %s", e)
             # A subnet.env that could not be written is retried here too: with notification-driven passes,
             # a quiet node may not run a reconcile pass (which also writes it) for a whole resync period.
-            if not self.ready.subnet_file and self.lease is not None:
+            if self.lease is not None:
                 self.write_subnet_env()
+            self.metrics.flush_status(self)
 
     # --- subnet.env ----------------------------------------------------------------------
 
@@ -316,8 +320,15 @@ class Daemon:
                         cfg.ipv6_network if cfg.enable_ipv6 else None, lease.subnet6 if cfg.enable_ipv6 else None)
         text = env.render()
         try:
-            if text == self._env_written and read_text(self.opts.subnet_file) == text:
-                return
+            if text == self._env_written:
+                # Unchanged: look at the file itself only now and then (someone may have deleted it), not
+                # after every reconcile pass.
+                now = time.monotonic()
+                if now - self._env_checked < ENV_CHECK_INTERVAL:
+                    return
+                self._env_checked = now
+                if read_text(self.opts.subnet_file) == text:
+                    return
             atomic_write(self.opts.subnet_file, text, 0o644)
         except (OSError, ValueError) as e:
             self.ready.subnet_file = False

@@ -19,6 +19,7 @@ after a reboot like /run, and rewritten by the next pass.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,6 +42,9 @@ STATUS_VERSION = 1
 # Seconds; a pass is a netlink dump plus a diff, normally a few milliseconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMPAT = "v0.20.2"
+
+
+STATUS_INTERVAL = 1.0  # s between two status-file writes at most
 
 
 def status_path(subnet_file: str | Path) -> Path:
@@ -86,6 +90,12 @@ class DaemonMetrics:
         self.last_pass_failures = 0
         self.synced_fingerprint: tuple[int, int] | None = None
         self._seen_passes = 0
+        # The status file is for flannelctl, read by people: rewriting it after every pass (every lease
+        # event) cost a third of the loop's CPU under churn. At most once per STATUS_INTERVAL; the rules
+        # loop flushes a pending one.
+        self._status_written = 0.0
+        self._status_pending = False
+        self._status_timer = False
         self._seen_errors = 0
         self._status_error: str | None = None
 
@@ -96,8 +106,32 @@ class DaemonMetrics:
             self.last_pass_failures = max(0, stats.netlink_errors - self._seen_errors)
             self._seen_passes, self._seen_errors = stats.passes, stats.netlink_errors
         self.synced_fingerprint = lease_fingerprint(daemon)
-        if self.status_file is not None:
-            self.write_status(snapshot(daemon))
+        self._status_pending = True
+        self.flush_status(daemon)
+
+    def flush_status(self, daemon: Any, force: bool = False) -> None:
+        """Write the status file if a pass happened since the last write and the interval has passed."""
+        if self.status_file is None or not self._status_pending:
+            return
+        now = time.monotonic()
+        wait = STATUS_INTERVAL - (now - self._status_written)
+        if not force and wait > 0:
+            if not self._status_timer:
+                # A trailing write, so the file never stays behind the last pass for long.
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return
+                self._status_timer = True
+                loop.call_later(wait, self._timed_flush, daemon)
+            return
+        self._status_written = now
+        self._status_pending = False
+        self.write_status(snapshot(daemon))
+
+    def _timed_flush(self, daemon: Any) -> None:
+        self._status_timer = False
+        self.flush_status(daemon)
 
     def write_status(self, data: dict[str, Any]) -> None:
         assert self.status_file is not None

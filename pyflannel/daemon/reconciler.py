@@ -280,9 +280,9 @@ class Reconciler:
     def _log_ops(self, ops: list[Op], failed: list[tuple[Op, str]]) -> None:
         bad = {id(op) for op, _ in failed}
         if len(ops) <= DETAIL_LIMIT:
-            for op in ops:
-                if id(op) not in bad:
-                    log.info("%s", op)
+            done = [str(op) for op in ops if id(op) not in bad]
+            if done:  # one record per pass: a peer's neighbour, FDB entry and route on one line
+                log.info("%s", "; ".join(done))
         else:
             adds = sum(1 for o in ops if o.action == "replace")
             log.info("applied %d changes (%d add/replace, %d delete)", len(ops) - len(failed), adds,
