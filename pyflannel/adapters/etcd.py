@@ -310,7 +310,9 @@ class EtcdClient:
                     continue
                 if "permission denied" in msg or "authentication failed" in msg or "user name is empty" in msg:
                     raise EtcdAuthError(f"etcd {endpoint}: {path}: {msg}")
-                if r.status_code >= 500 and ("no leader" in msg or "timed out" in msg or "stopped" in msg):
+                # Transient during an election or a member's loss: try the next endpoint (and a second round).
+                transient = ("no leader", "timed out", "stopped", "leader changed", "too many requests")
+                if r.status_code >= 500 and any(t in msg for t in transient):
                     last = EtcdError(f"etcd {endpoint}: {path}: {msg}")
                     break
                 raise EtcdError(f"etcd {endpoint}: {path}: {msg}")
