@@ -164,10 +164,6 @@ def add_pods6(c: Cluster, node: Node, subnet6: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="dual-stack daemon not wired yet: with EnableIPv6 and vxlan flanneld starts, but its lease "
-                          "gets no IPv6 subnet (no FLANNEL_IPV6_SUBNET in subnet.env) and the nftables rules fail "
-                          "('ip_masq for network fd64::/48 needs the node's subnet, got none')")
 def test_three_nodes_nftables_mode_dual_stack(make_cluster: Callable[..., Cluster]) -> None:
     c = make_cluster(nodes=3)
     dualstack.enable_lan6(c)

@@ -103,7 +103,8 @@ def expected(c: Cluster, node: Node, ls: dict[str, str] | None = None) -> Kernel
     mine = own_subnet(c, node)
     routes, neigh, fdb = set(), set(), set()
     for key, value in ls.items():
-        net = IPv4Network(key.rsplit("/", 1)[-1].replace("-", "/"))
+        # A dual-stack key is "<v4>-<len>&<v6>-<len6>"; flannel.1 holds the IPv4 half.
+        net = IPv4Network(key.rsplit("/", 1)[-1].split("&")[0].replace("-", "/"))
         if net == mine:
             continue
         d = json.loads(value)
