@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from typing import Any, TypeVar
 
 from pyflannel.adapters.lazy_pyroute2 import import_iproute
@@ -127,7 +127,8 @@ class Netlink:
             info = link.get("IFLA_LINKINFO")
             kind = info.get("IFLA_INFO_KIND") if info else None
             data = info.get("IFLA_INFO_DATA") if info else None
-            local = data.get("IFLA_VXLAN_LOCAL") if data else None
+            # An IPv6 underlay (flannel-v6.<VNI>) reports its local address as IFLA_VXLAN_LOCAL6.
+            local = (data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")) if data else None
             addrs = tuple(
                 f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
                 for a in self.ipr.addr("dump", family=socket.AF_INET, index=link["index"])
@@ -137,7 +138,7 @@ class Netlink:
                 index=link["index"],
                 kind=kind or "",
                 vni=data.get("IFLA_VXLAN_ID") if data else None,
-                local=IPv4Address(local) if local else None,
+                local=ip_address(local) if local else None,
                 uplink_index=data.get("IFLA_VXLAN_LINK") if data else None,
                 port=(data.get("IFLA_VXLAN_PORT") or 0) if data else 0,
                 gbp=bool(data.get("IFLA_VXLAN_GBP")) if data else False,
@@ -158,7 +159,7 @@ class Netlink:
             "kind": "vxlan",
             "address": mac,
             "vxlan_id": want.vni,
-            "vxlan_local": str(want.local),
+            "vxlan_local" if want.local.version == 4 else "vxlan_local6": str(want.local),
             "vxlan_link": want.uplink_index,
             "vxlan_learning": 1 if want.learning else 0,
         }
@@ -171,7 +172,8 @@ class Netlink:
         try:
             self.ipr.link("add", **kw)
         except NetlinkError as e:
-            raise DataplaneError(f"create {want.name} (vxlan id {want.vni}): {os.strerror(e.code)}") from None
+            raise DataplaneError(f"create {want.name} (vxlan id {want.vni}, local {want.local}): "
+                                 f"{os.strerror(e.code)}") from None
         # Router advertisements on the overlay device make no sense (flanneld does the same).
         path = f"/proc/sys/net/ipv6/conf/{want.name}/accept_ra"
         if os.path.exists(path):

@@ -23,16 +23,15 @@ peer already has it, nothing has to propagate, and the fix is one netlink call.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
-from pyflannel.adapters.netlink import DataplaneError, Netlink, NetlinkError, NetlinkThread, random_vtep_mac
+from pyflannel.adapters.netlink import Netlink, NetlinkThread, random_vtep_mac
 from pyflannel.core.backends import vxlan
 from pyflannel.core.errors import ConfigError
 from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
-from pyflannel.core.model import LiveVxlanLink, VxlanLink, link_incompatibilities
+from pyflannel.core.model import VxlanLink, link_incompatibilities
 from pyflannel.ports import PeerEntries, Scope, Uplink
 
 log = logging.getLogger(__name__)
@@ -41,59 +40,6 @@ IFA_F_NODAD = 0x02
 
 
 # --- the IPv6 device: netlink calls the shared Netlink class has only in their IPv4 form ---------------------
-def read_vxlan6(n: Netlink, name: str) -> LiveVxlanLink | None:
-    """``read_vxlan`` for a device whose underlay is IPv6 (IFLA_VXLAN_LOCAL6)."""
-    if not n.ipr.link_lookup(ifname=name):
-        return None
-    for link in n.ipr.link("get", ifname=name):
-        info = link.get("IFLA_LINKINFO")
-        kind = info.get("IFLA_INFO_KIND") if info else None
-        data = info.get("IFLA_INFO_DATA") if info else None
-        local = data.get("IFLA_VXLAN_LOCAL6") if data else None
-        return LiveVxlanLink(
-            name=name,
-            index=link["index"],
-            kind=kind or "",
-            vni=data.get("IFLA_VXLAN_ID") if data else None,
-            local=IPv6Address(local) if local else None,
-            uplink_index=data.get("IFLA_VXLAN_LINK") if data else None,
-            port=(data.get("IFLA_VXLAN_PORT") or 0) if data else 0,
-            gbp=bool(data.get("IFLA_VXLAN_GBP")) if data else False,
-            learning=bool(data.get("IFLA_VXLAN_LEARNING")) if data else False,
-            mac=link.get("IFLA_ADDRESS"),
-            mtu=link.get("IFLA_MTU"),
-            up=bool(link["flags"] & 1),
-        )
-    return None
-
-
-def create_vxlan6(n: Netlink, want: VxlanLink, mac: str) -> None:
-    kw: dict[str, Any] = {
-        "ifname": want.name,
-        "kind": "vxlan",
-        "address": mac,
-        "vxlan_id": want.vni,
-        "vxlan_local6": str(want.local),
-        "vxlan_link": want.uplink_index,
-        "vxlan_learning": 1 if want.learning else 0,
-    }
-    if want.port:
-        kw["vxlan_port"] = want.port
-    if want.gbp:
-        kw["vxlan_gbp"] = True
-    if want.mtu:
-        kw["mtu"] = want.mtu
-    try:
-        n.ipr.link("add", **kw)
-    except NetlinkError as e:
-        raise DataplaneError(f"create {want.name} (vxlan id {want.vni}, local {want.local}): "
-                             f"{os.strerror(getattr(e, 'code', 0))}") from None
-    path = f"/proc/sys/net/ipv6/conf/{want.name}/accept_ra"
-    if os.path.exists(path):
-        with open(path, "w") as f:
-            f.write("0")
-
-
 def ensure_address6(n: Netlink, index: int, address: IPv6Interface) -> list[str]:
     """Make ``address`` the device's only global IPv6 address (link-local ones stay) and bring it up.
 
@@ -172,44 +118,30 @@ class VxlanBackend:
 
     async def _ensure_device6(self) -> None:
         assert self.link6 is not None
-        link = self.link6
-        live = await self.nl.run(read_vxlan6, link.name)
-        if live is not None:
-            why = link_incompatibilities(link, live)
-            if not why:
-                if link.mtu and live.mtu != link.mtu:
-                    await self.nl.run(Netlink.set_mtu, live.index, link.mtu)
-                self.dev6_index, self.mac6 = live.index, self.mac6 or live.mac
-                return
-            log.warning("%s already exists with incompatible configuration: %s; recreating device",
-                        link.name, "; ".join(why))
-            await self.nl.run(Netlink.delete_link, link.name)
-        await self.nl.run(create_vxlan6, link, self.mac6 or random_vtep_mac())
-        live = await self.nl.run(read_vxlan6, link.name)
-        assert live is not None
-        log.info("Created VXLAN device %s (VNI %d, VtepMAC %s, local %s)", link.name, link.vni, live.mac, link.local)
-        self.dev6_index, self.mac6 = live.index, live.mac
+        self.dev6_index, self.mac6 = await self._ensure(self.link6, self.mac6, self.mac6)
 
     async def _ensure_device(self, mac: str | None) -> None:
         assert self.link is not None
-        link = self.link
+        self.dev_index, self.mac = await self._ensure(self.link, self.mac, self.mac or mac or "")
+
+    async def _ensure(self, link: VxlanLink, published: str, new: str) -> tuple[int, str]:
+        """Adopt a compatible device (our ``published`` VtepMAC if we have one, else the device's own), or
+        (re-)create it with ``new`` (a random MAC if empty). Returns (ifindex, VtepMAC)."""
         live = await self.nl.run(Netlink.read_vxlan, link.name)
         if live is not None:
             why = link_incompatibilities(link, live)
             if not why:
                 if link.mtu and live.mtu != link.mtu:
                     await self.nl.run(Netlink.set_mtu, live.index, link.mtu)
-                self.dev_index, self.mac = live.index, self.mac or live.mac
-                return
+                return live.index, published or live.mac
             log.warning("%s already exists with incompatible configuration: %s; recreating device",
                         link.name, "; ".join(why))
             await self.nl.run(Netlink.delete_link, link.name)
-        new_mac = self.mac or mac or random_vtep_mac()
-        await self.nl.run(Netlink.create_vxlan, link, new_mac)
+        await self.nl.run(Netlink.create_vxlan, link, new or random_vtep_mac())
         live = await self.nl.run(Netlink.read_vxlan, link.name)
         assert live is not None
         log.info("Created VXLAN device %s (VNI %d, VtepMAC %s, local %s)", link.name, link.vni, live.mac, link.local)
-        self.dev_index, self.mac = live.index, live.mac
+        return live.index, live.mac
 
     def lease_attrs(self, uplink: Uplink) -> LeaseAttrs:
         assert uplink.public_ip is not None
@@ -289,7 +221,7 @@ class VxlanBackend:
         await self._ensure_device6()
         if self.dev6_index != before:
             changed.append(f"re-created {self.device6}")
-        live = await self.nl.run(read_vxlan6, self.device6)
+        live = await self.nl.run(Netlink.read_vxlan, self.device6)
         if live is not None and live.mac != self.mac6:
             log.warning("%s has MAC %s but the lease publishes VtepMAC %s; setting it back", self.device6,
                         live.mac, self.mac6)
