@@ -96,6 +96,7 @@ class DaemonMetrics:
         self._status_written = 0.0
         self._status_pending = False
         self._status_timer = False
+        self._status_key: tuple[Any, ...] | None = None
         self._seen_errors = 0
         self._status_error: str | None = None
 
@@ -107,7 +108,12 @@ class DaemonMetrics:
             self._seen_passes, self._seen_errors = stats.passes, stats.netlink_errors
         self.synced_fingerprint = lease_fingerprint(daemon)
         self._status_pending = True
-        self.flush_status(daemon)
+        # A change of readiness is written at once (flannelctl status must not show "not ready" for up to a
+        # second after the node became ready); only the routine rewrites are rate-limited.
+        key = (tuple(daemon.ready.missing()), bool(stats.in_sync))
+        force = key != self._status_key
+        self._status_key = key
+        self.flush_status(daemon, force=force)
 
     def flush_status(self, daemon: Any, force: bool = False) -> None:
         """Write the status file if a pass happened since the last write and the interval has passed."""
