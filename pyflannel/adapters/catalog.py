@@ -104,56 +104,9 @@ def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
 
 
 def firewall(name: str) -> Firewall:
-    try:
-        fw: Firewall = _load(FIREWALLS, name, "firewall mode")()
-    except ConfigError:
-        if name != "iptables":
-            raise
-        fw = RuleManagerFirewall()
+    fw: Firewall = _load(FIREWALLS, name, "firewall mode")()
     return fw
 
 
 def firewalls() -> dict[str, Firewall]:
     return {name: firewall(name) for name in FIREWALLS}
-
-
-class RuleManagerFirewall:
-    """The first milestone's iptables RuleManager behind the Firewall port (IPv4 only).
-
-    Used only while ``iptables.IptablesFirewall`` is not in this build.
-    """
-
-    name = "iptables"
-
-    def __init__(self) -> None:
-        from pyflannel.adapters.iptables import RuleManager
-
-        self.rm = RuleManager()
-        self.resyncs = 0
-
-    def available(self) -> str:
-        import shutil
-
-        return "" if shutil.which("iptables-restore") else "no iptables-restore binary"
-
-    def _chains(self, spec: Any) -> list[Any]:
-        from pyflannel.core.rules import forward_chain, masq_chain
-
-        out = []
-        if spec.ip_masq and spec.network is not None and spec.subnet is not None:
-            out.append(masq_chain(spec.network, spec.subnet, spec.random_fully))
-        if spec.forward and spec.network is not None:
-            out.append(forward_chain(spec.network))
-        return out
-
-    def ensure(self, spec: Any) -> bool:
-        changed: bool = self.rm.ensure(self._chains(spec), spec.forward)
-        return changed
-
-    def missing(self, spec: Any) -> list[str]:
-        if self.rm.ensure(self._chains(spec), spec.forward):
-            self.resyncs += 1
-        return []
-
-    def cleanup(self) -> None:
-        return None
