@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.core.errors import ConfigError, LeaseFormatError, shorten_json
+from pyflannel.core.backends.options import BackendOptions
+from pyflannel.core.errors import LeaseFormatError
 from pyflannel.core.lease import Lease
 from pyflannel.core.model import Fdb, Neigh, PeerState, Route
 
@@ -53,35 +54,14 @@ class VxlanOptions:
 
 def parse_options(backend: dict[str, Any]) -> VxlanOptions:
     """Decode the vxlan Backend object (keys case-insensitive, as Go decodes them)."""
-    d = {k.lower(): v for k, v in backend.items()}
-
-    def num(name: str, default: int, lo: int, hi: int) -> int:
-        v = d.get(name.lower())
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"error decoding VXLAN backend config: {name} must be an integer, got {shorten_json(v)}")
-        if not lo <= v <= hi:
-            raise ConfigError(f"error decoding VXLAN backend config: {name} out of range {lo}..{hi}, got {v}")
-        return v
-
-    def flag(name: str) -> bool:
-        v = d.get(name.lower())
-        if v is None:
-            return False
-        if not isinstance(v, bool):
-            raise ConfigError(
-                f"error decoding VXLAN backend config: {name} must be true or false, got {shorten_json(v)}"
-            )
-        return v
-
+    o = BackendOptions(backend, "error decoding VXLAN backend config")
     return VxlanOptions(
-        vni=num("VNI", 1, 0, (1 << 24) - 1),
-        port=num("Port", 0, 0, 65535),
-        gbp=flag("GBP"),
-        direct_routing=flag("DirectRouting"),
-        learning=flag("Learning"),
-        mtu=num("MTU", 0, 0, 65535),
+        vni=o.integer("VNI", 1, 0, (1 << 24) - 1),
+        port=o.integer("Port", 0, 0, 65535),
+        gbp=o.flag("GBP"),
+        direct_routing=o.flag("DirectRouting"),
+        learning=o.flag("Learning"),
+        mtu=o.integer("MTU", 0, 0, 65535),
     )
 
 

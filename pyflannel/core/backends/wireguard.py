@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
+from pyflannel.core.backends.options import BackendOptions
 from pyflannel.core.errors import ConfigError, LeaseFormatError, shorten, shorten_json
 from pyflannel.core.lease import Lease, _compact, loads_strict
 from pyflannel.core.model import WgPeer
@@ -163,18 +164,9 @@ class DeviceSpec:
 
 def parse_options(backend: dict[str, Any], *, ipv4: bool = True, ipv6: bool = False) -> WireguardOptions:
     """Decode the wireguard Backend object (keys case-insensitive, as Go decodes them)."""
-    d = {k.lower(): v for k, v in backend.items()}
-
-    def num(name: str, default: int, lo: int, hi: int) -> int:
-        v = d.get(name.lower())
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"error decoding backend config: {name} must be an integer, got {shorten_json(v)}")
-        if not lo <= v <= hi:
-            raise ConfigError(f"error decoding backend config: {name} out of range {lo}..{hi}, got {v}")
-        return v
-
+    o = BackendOptions(backend, "error decoding backend config")
+    d = o.d
+    num = o.integer
     psk = d.get("psk")
     if psk is None:
         psk = ""
