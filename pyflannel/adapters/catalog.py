@@ -106,7 +106,3 @@ def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
 def firewall(name: str) -> Firewall:
     fw: Firewall = _load(FIREWALLS, name, "firewall mode")()
     return fw
-
-
-def firewalls() -> dict[str, Firewall]:
-    return {name: firewall(name) for name in FIREWALLS}

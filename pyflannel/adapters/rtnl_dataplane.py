@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from pyflannel.adapters.netlink import Netlink, NetlinkThread
+from pyflannel.adapters.netlink import NetlinkThread
 from pyflannel.adapters.nlbulk import Change, LinkGone, Monitor, Overrun, Owned
 from pyflannel.core.model import Entry
 from pyflannel.core.plan import Op
@@ -90,8 +90,3 @@ class RtnlDataplane:
 
     async def close(self) -> None:
         self.nl.close()
-
-
-def netlink_facts(n: Netlink) -> Netlink:
-    """What ``query`` hands its function: the synchronous Netlink of the daemon's namespace."""
-    return n

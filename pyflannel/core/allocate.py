@@ -20,11 +20,14 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import TypeVar
 
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import OutOfSubnets
 from pyflannel.core.ipnet import subnets6_between, subnets_between
 from pyflannel.core.lease import Lease
+
+N = TypeVar("N", IPv4Network, IPv6Network)
 
 # flanneld picks uniformly among the first 100 free subnets, so that nodes starting at the
 # same moment rarely collide while allocation still packs the low end of the range.
@@ -129,15 +132,8 @@ def choose_subnet(
         return Choice(previous, None, f"reusing previous subnet {previous} from the subnet file, allocated new "
                       f"IPv6 subnet {pick6}", tuple(stale), pick6)
 
-    free: list[IPv4Network] = []
-    for cand in subnets_between(config.subnet_min, config.subnet_max, config.subnet_len):
-        if _free(cand, taken_same, taken_other):
-            free.append(cand)
-            if len(free) >= CANDIDATES:
-                break
-    if not free:
-        raise OutOfSubnets()
-    pick = free[rng.randrange(len(free))]
+    pick = _pick_free(subnets_between(config.subnet_min, config.subnet_max, config.subnet_len),
+                      taken_same, taken_other, rng)
     if not config.enable_ipv6:
         return Choice(pick, None, f"allocated new subnet {pick}", tuple(stale))
     pick6 = _pick6(config, taken6_same, taken6_other, rng)
@@ -148,8 +144,14 @@ def _pick6(
     config: NetworkConfig, taken_same: set[IPv6Network], taken_other: Sequence[IPv6Network], rng: random.Random
 ) -> IPv6Network:
     assert config.ipv6_subnet_min is not None and config.ipv6_subnet_max is not None
-    free: list[IPv6Network] = []
-    for cand in subnets6_between(config.ipv6_subnet_min, config.ipv6_subnet_max, config.ipv6_subnet_len):
+    return _pick_free(subnets6_between(config.ipv6_subnet_min, config.ipv6_subnet_max, config.ipv6_subnet_len),
+                      taken_same, taken_other, rng)
+
+
+def _pick_free(candidates: Iterable[N], taken_same: set[N], taken_other: Sequence[N], rng: random.Random) -> N:
+    """A uniformly random one of the first CANDIDATES free subnets, in candidate order (flanneld's rule)."""
+    free: list[N] = []
+    for cand in candidates:
         if _free(cand, taken_same, taken_other):
             free.append(cand)
             if len(free) >= CANDIDATES:

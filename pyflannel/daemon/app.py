@@ -28,7 +28,7 @@ import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from pyflannel.adapters import catalog, sdnotify
@@ -625,5 +625,3 @@ class Daemon:
 def run(opts: Options) -> int:
     return asyncio.run(Daemon(opts).main())
 
-
-__all__ = ["Daemon", "Fatal", "IPv4Address", "run"]
