@@ -38,16 +38,7 @@ class RealHarness(Harness):
         opts = parse_flags([f"-subnet-file={tmp / 'subnet.env'}", "-iface=eth0", "-resync-period=3600"], {})
         self.daemon = Daemon(opts, sm=self.sm, host=self.host, firewalls=self.fws)
         self.bulk = BulkNetlink()
-        self.task: asyncio.Task[int] | None = None
 
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.daemon.main())
-        await self.settle(lambda: self.daemon.reconciler is not None and self.daemon.reconciler.first_pass.is_set())
-
-    async def stop(self) -> int:
-        assert self.task is not None
-        self.daemon.stop.set()
-        return await asyncio.wait_for(self.task, 20)
 
     def _owned(self) -> Any:
         be = self.daemon.backend
@@ -59,15 +50,6 @@ class RealHarness(Harness):
     def _do(self, action: str, e: Any) -> None:
         failed = self.bulk.apply([Op(action, e)], self.daemon.backend.indexes())  # type: ignore[arg-type]
         assert not failed, failed
-
-    def put(self, *leases: Any) -> None:
-        self.sm.put(*leases)
-
-    def delete(self, *keys: str) -> None:
-        self.sm.delete(*keys)
-
-    def resync(self) -> None:
-        self.sm.resync()
 
     def hand_delete(self, e: Any) -> None:
         self._do("delete", e)
@@ -84,12 +66,6 @@ class RealHarness(Harness):
     def quiet_delete(self, e: Any) -> None:
         self._do("delete", e)  # the kernel notifies anyway; the scenario's outcome is the same
 
-    async def full_resync(self) -> None:
-        self.daemon.reconciler.request_full("test")
-        await self.settle()
-
-    def lose_lease(self, new_subnet: str) -> None:
-        self.sm.lose_lease(new_subnet)
 
 
 async def main(name: str, workdir: Path) -> int:

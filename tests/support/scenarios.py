@@ -18,9 +18,23 @@ from support.fakes import entries_of, peer
 
 
 class Harness:
-    """What a scenario may do. Subclasses implement each method for their target."""
+    """What a scenario may do. Subclasses set ``daemon`` (over a FakeSubnetManager ``sm``) and implement
+    the kernel side for their target; driving the daemon and the leases is the same for both."""
 
     daemon: Any
+    sm: Any
+    task: Any = None
+    stop_timeout: float = 20.0
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.daemon.main())
+        await self.settle(lambda: self.daemon.reconciler is not None and self.daemon.reconciler.first_pass.is_set())
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        self.daemon.stop.set()
+        code: int = await asyncio.wait_for(self.task, self.stop_timeout)
+        return code
 
     async def settle(self, cond: Callable[[], bool] | None = None, timeout: float = 10.0) -> None:
         """Until ``cond`` holds and the reconciler has nothing pending (or is retrying failures)."""
@@ -40,13 +54,13 @@ class Harness:
         raise NotImplementedError
 
     def put(self, *leases: Any) -> None:
-        raise NotImplementedError
+        self.sm.put(*leases)
 
     def delete(self, *keys: str) -> None:
-        raise NotImplementedError
+        self.sm.delete(*keys)
 
     def resync(self) -> None:
-        raise NotImplementedError
+        self.sm.resync()
 
     def hand_delete(self, e: Any) -> None:
         raise NotImplementedError
@@ -64,10 +78,11 @@ class Harness:
         raise NotImplementedError
 
     async def full_resync(self) -> None:
-        raise NotImplementedError
+        self.daemon.reconciler.request_full("test")
+        await self.settle()
 
     def lose_lease(self, new_subnet: str) -> None:
-        raise NotImplementedError
+        self.sm.lose_lease(new_subnet)
 
 
 def _kernel(h: Harness) -> set[Any]:

@@ -41,29 +41,10 @@ class FakeHarness(Harness):
         self.fws = {"iptables": FakeFirewall("iptables"), "nftables": FakeFirewall("nftables")}
         opts = parse_flags([f"-subnet-file={tmp / 'subnet.env'}", "-ip-masq", "-resync-period=3600"], {})
         self.daemon = Daemon(opts, sm=self.sm, host=FakeHost(self.dp), firewalls=self.fws, backend=self.backend)
-        self.task: asyncio.Task[int] | None = None
 
-    # Harness interface used by the scenarios
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.daemon.main())
-        await self.settle(lambda: self.daemon.reconciler is not None and self.daemon.reconciler.first_pass.is_set())
-
-    async def stop(self) -> int:
-        assert self.task is not None
-        self.daemon.stop.set()
-        return await asyncio.wait_for(self.task, 10)
 
     def kernel_entries(self) -> list:
         return list(self.dp.kernel.entries)
-
-    def put(self, *leases) -> None:
-        self.sm.put(*leases)
-
-    def delete(self, *keys: str) -> None:
-        self.sm.delete(*keys)
-
-    def resync(self) -> None:
-        self.sm.resync()
 
     def hand_delete(self, e) -> None:
         self.dp.hand_delete(e)
@@ -80,13 +61,6 @@ class FakeHarness(Harness):
     def quiet_delete(self, e) -> None:
         self.dp.quiet_delete(e)
 
-    async def full_resync(self) -> None:
-        assert self.daemon.reconciler is not None
-        self.daemon.reconciler.request_full("test")
-        await self.settle()
-
-    def lose_lease(self, new_subnet: str) -> None:
-        self.sm.lose_lease(new_subnet)
 
 
 def run(coro: Awaitable[None]) -> None:
