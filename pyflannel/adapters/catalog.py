@@ -90,9 +90,12 @@ def backend(config: NetworkConfig, host: Host, sm: SubnetManager) -> Backend:
     factory = _load(BACKENDS, btype, "backend type")
     stored = getattr(sm, "stored_backend_data", None)
     data = stored() if callable(stored) else None
+    kw: dict[str, Any] = {}
     if isinstance(data, tuple):  # kube mode: (backend-data, backend-v6-data)
-        data = data[0]
-    be: Backend = factory(host=host, config=config, stored_backend_data=data)
+        data, data6 = data
+        if btype == "vxlan":  # flannel-v6.<VNI> keeps its VtepMAC from backend-v6-data too
+            kw["stored_backend_v6_data"] = data6
+    be: Backend = factory(host=host, config=config, stored_backend_data=data, **kw)
     if btype == "wireguard":
         from pyflannel.core.model import WgPeer
 

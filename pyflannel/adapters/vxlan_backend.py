@@ -69,7 +69,8 @@ class VxlanBackend:
     backend_type = vxlan.BACKEND_TYPE
 
     def __init__(self, nl: NetlinkThread, backend: dict[str, Any], network: IPv4Network,
-                 stored_mac: str | None = None, network6: IPv6Network | None = None) -> None:
+                 stored_mac: str | None = None, network6: IPv6Network | None = None,
+                 stored_mac6: str | None = None) -> None:
         try:
             self.opts = vxlan.parse_options(backend)
         except ConfigError as e:
@@ -88,6 +89,7 @@ class VxlanBackend:
         self.network6 = network6
         self.device6 = self.opts.device6 if network6 is not None else ""
         self.mac6 = ""
+        self.stored_mac6 = stored_mac6  # kube mode: the VtepMAC from our own previous backend-v6-data
         self.link6: VxlanLink | None = None
         self.dev6_index = 0
 
@@ -118,7 +120,7 @@ class VxlanBackend:
 
     async def _ensure_device6(self) -> None:
         assert self.link6 is not None
-        self.dev6_index, self.mac6 = await self._ensure(self.link6, self.mac6, self.mac6)
+        self.dev6_index, self.mac6 = await self._ensure(self.link6, self.mac6, self.mac6 or self.stored_mac6 or "")
 
     async def _ensure_device(self, mac: str | None) -> None:
         assert self.link is not None
@@ -237,16 +239,25 @@ class VxlanBackend:
         """The device stays: a restart is hitless."""
 
 
-def make(host: Any, config: Any, stored_backend_data: str | None = None) -> VxlanBackend:
-    """Catalog factory. ``stored_backend_data``: our previous BackendData (kube mode), to keep its VtepMAC."""
-    mac = None
-    if stored_backend_data:
-        try:
-            from pyflannel.core.lease import _vxlan_data
+def _stored_mac(data: str | None, what: str) -> str | None:
+    if not data:
+        return None
+    try:
+        from pyflannel.core.lease import _vxlan_data
 
-            mac = _vxlan_data(stored_backend_data).vtep_mac
-        except Exception:  # a bad stored annotation only means a new MAC
-            log.warning("Ignoring stored backend-data %r: not vxlan data", stored_backend_data[:120])
+        return _vxlan_data(data).vtep_mac or None
+    except Exception:  # a bad stored annotation only means a new MAC
+        log.warning("Ignoring stored %s %r: not vxlan data", what, data[:120])
+        return None
+
+
+def make(host: Any, config: Any, stored_backend_data: str | None = None,
+         stored_backend_v6_data: str | None = None) -> VxlanBackend:
+    """Catalog factory. ``stored_backend_data`` / ``stored_backend_v6_data``: our previous BackendData and
+    BackendV6Data (kube mode: the Node's backend-data and backend-v6-data), to keep both VtepMACs when the
+    devices are gone (e.g. after a reboot), as flannel's GetStoredMacAddresses does."""
+    mac = _stored_mac(stored_backend_data, "backend-data")
     assert config.network is not None
     network6 = config.ipv6_network if getattr(config, "enable_ipv6", False) else None
-    return VxlanBackend(host.nl, config.backend, config.network, mac, network6)
+    mac6 = _stored_mac(stored_backend_v6_data, "backend-v6-data") if network6 is not None else None
+    return VxlanBackend(host.nl, config.backend, config.network, mac, network6, mac6)
