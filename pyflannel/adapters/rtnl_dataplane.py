@@ -64,6 +64,7 @@ class RtnlDataplane:
         self, scope: Scope, indexes: Callable[[], dict[str, int]]
     ) -> AsyncIterator[list[KernelChange | Overflow]]:
         mon = Monitor()
+        ours: int = await self.nl.run(lambda n: n.bulk.portid)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         loop.add_reader(mon.fileno(), ready.set)
@@ -72,7 +73,7 @@ class RtnlDataplane:
                 await ready.wait()
                 ready.clear()
                 out: list[KernelChange | Overflow] = []
-                for c in mon.read(owned(scope, indexes())):
+                for c in mon.read(owned(scope, indexes()), ours):
                     if isinstance(c, Change):
                         out.append(KernelChange(c.entry, c.gone))
                     elif isinstance(c, LinkGone):

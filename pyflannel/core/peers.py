@@ -57,23 +57,34 @@ def _span(net: Net) -> tuple[int, int]:
 class _BlockIndex:
     """Candidate blocks of one address family, for overlap queries."""
 
-    __slots__ = ("bits", "blocks", "starts")
+    __slots__ = ("bits", "blocks", "plens", "starts")
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.blocks: dict[tuple[int, int], set[str]] = {}
         self.starts: list[tuple[int, int, str]] = []  # (network int, prefixlen, key), sorted
+        # How many blocks of each prefix length: a "who contains me" query only looks at lengths that exist
+        # (a cluster holds one or two), not at every length up to its own.
+        self.plens: dict[int, int] = {}
 
     def add(self, key: str, lo: int, plen: int) -> None:
-        self.blocks.setdefault((lo, plen), set()).add(key)
+        keys = self.blocks.setdefault((lo, plen), set())
+        if key not in keys:
+            keys.add(key)
+            self.plens[plen] = self.plens.get(plen, 0) + 1
         bisect.insort(self.starts, (lo, plen, key))
 
     def remove(self, key: str, lo: int, plen: int) -> None:
         keys = self.blocks.get((lo, plen))
-        if keys is not None:
+        if keys is not None and key in keys:
             keys.discard(key)
             if not keys:
                 del self.blocks[(lo, plen)]
+            n = self.plens[plen] - 1
+            if n:
+                self.plens[plen] = n
+            else:
+                del self.plens[plen]
         i = bisect.bisect_left(self.starts, (lo, plen, key))
         if i < len(self.starts) and self.starts[i] == (lo, plen, key):
             del self.starts[i]
@@ -81,11 +92,13 @@ class _BlockIndex:
     def overlapping(self, lo: int, plen: int) -> Iterable[str]:
         """Keys of every block that overlaps (lo/plen), itself included."""
         bits = self.bits
-        for p in range(plen + 1):  # blocks that contain it (same block included)
-            mask = ((1 << p) - 1) << (bits - p) if p else 0
-            keys = self.blocks.get((lo & mask, p))
-            if keys:
-                yield from keys
+        blocks = self.blocks
+        for p in self.plens:  # blocks that contain it (same block included)
+            if p <= plen:
+                mask = ((1 << p) - 1) << (bits - p) if p else 0
+                keys = blocks.get((lo & mask, p))
+                if keys:
+                    yield from keys
         hi = lo + (1 << (bits - plen)) - 1
         i = bisect.bisect_left(self.starts, (lo, plen + 1, ""))
         starts = self.starts

@@ -1,0 +1,96 @@
+"""Our own rtnetlink echoes are dropped unparsed; the same change made by someone else is reported.
+
+The kernel stamps route and neighbour notifications with the port id of the request that caused them.
+``Monitor.read(owned, ours)`` uses that to skip the echoes of what ``BulkNetlink`` applied (the
+reconciler's mirror already holds it) and still reports changes from any other socket, here pyroute2's,
+which is what a hand-run ``ip route del`` looks like. vxlan FDB notifications and neighbour deletions
+carry port id 0 whoever asked, so those are always reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.cluster import Cluster, destroy_prefix
+
+pytestmark = pytest.mark.root
+
+SCRIPT = r'''
+import json, time
+from ipaddress import IPv4Address, IPv4Network
+from pyroute2 import IPRoute
+from pyflannel.adapters.nlbulk import BulkNetlink, Change, Monitor, Owned
+from pyflannel.core.model import Fdb, Neigh, Route
+from pyflannel.core.plan import Op, order
+
+with IPRoute() as ipr:
+    eth0 = ipr.link_lookup(ifname="eth0")[0]
+    ipr.link("add", ifname="flannel.1", kind="vxlan", vxlan_id=1, vxlan_link=eth0,
+             vxlan_local="198.18.0.11", vxlan_learning=0)
+    dev = ipr.link_lookup(ifname="flannel.1")[0]
+    ipr.link("set", index=dev, state="up")
+idx = {"flannel.1": dev, "eth0": eth0}
+owned = Owned({dev: "flannel.1"}, eth0, "eth0", ())
+mon = Monitor()
+b = BulkNetlink()
+sn = IPv4Network("100.64.8.0/29")
+mac = "0a:00:00:00:00:08"
+entries = [Neigh(sn.network_address, mac, "flannel.1"), Fdb(mac, IPv4Address("198.18.1.8"), "flannel.1"),
+           Route(sn, sn.network_address, "flannel.1", True)]
+
+def drain(ours):
+    time.sleep(0.2)
+    return sorted(f"{'-' if c.gone else '+'}{type(c.entry).__name__}" for c in mon.read(owned, ours)
+                  if isinstance(c, Change))
+
+out = {"portid_nonzero": b.portid != 0}
+assert b.apply(order([Op("replace", e) for e in entries]), idx) == []
+out["ours_skipped"] = drain(b.portid)
+assert b.apply(order([Op("delete", e) for e in entries]), idx) == []
+out["ours_deleted_skipped"] = drain(b.portid)
+assert b.apply(order([Op("replace", e) for e in entries]), idx) == []
+out["ours_without_portid"] = drain(0)
+with IPRoute() as ipr:  # someone else: a different port id
+    ipr.route("del", dst=str(sn), gateway=str(sn.network_address), oif=dev)
+    ipr.neigh("del", dst=str(sn.network_address), lladdr=mac, ifindex=dev)
+out["theirs"] = drain(b.portid)
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture
+def ns(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 (creates a network namespace)")
+    prefix = f"nle{secrets.token_hex(2)}"
+    c = Cluster(prefix=prefix, nodes=1, workdir=tmp_path / "c")
+    c.up()
+    try:
+        yield c.nodes[0].ns
+    finally:
+        c.down()
+        destroy_prefix(prefix)
+
+
+def test_own_echoes_skipped_others_reported(ns: str) -> None:
+    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["portid_nonzero"]
+    # Our route and neighbour echoes are dropped; the FDB echo (port id 0) still arrives.
+    assert out["ours_skipped"] == ["+Fdb"]
+    # The kernel sends a neighbour's deletion with port id 0 too, so that echo is parsed (and the mirror
+    # recognises it); only the route's is skipped.
+    assert out["ours_deleted_skipped"] == ["-Fdb", "-Neigh"]
+    # Without our port id nothing is skipped: the filter, not the owned scope, is what drops them.
+    assert out["ours_without_portid"] == ["+Fdb", "+Neigh", "+Route"]
+    # A change from another socket is reported even though we pass our port id.
+    assert out["theirs"] == ["-Neigh", "-Route"]
