@@ -281,17 +281,23 @@ async def endpoint_health(client: EtcdClient, endpoint: str) -> EndpointHealth:
     )
 
 
+def set_backend_options(facts: NodeFacts) -> None:
+    """The backend's options from ``facts.config`` (etcd's config or, in kube mode, net-conf.json); ConfigError."""
+    assert facts.config is not None
+    if facts.config.backend_type == vxlan.BACKEND_TYPE:
+        facts.vopts = vxlan.parse_options(facts.config.backend)
+    elif facts.config.backend_type == wgcore.BACKEND_TYPE:
+        facts.wg_opts = wgcore.parse_options(facts.config.backend, ipv4=facts.config.enable_ipv4,
+                                             ipv6=facts.config.enable_ipv6)
+
+
 async def read_etcd(facts: NodeFacts, opts: Options) -> None:
     async with make_client(opts, timeout=3.0) as client:
         facts.endpoints = list(await asyncio.gather(*(endpoint_health(client, e) for e in client.endpoints)))
         reg = SubnetRegistry(client, opts.etcd_prefix)
         try:
             facts.config = await reg.get_config()
-            if facts.config.backend_type == vxlan.BACKEND_TYPE:
-                facts.vopts = vxlan.parse_options(facts.config.backend)
-            elif facts.config.backend_type == wgcore.BACKEND_TYPE:
-                facts.wg_opts = wgcore.parse_options(facts.config.backend, ipv4=facts.config.enable_ipv4,
-                                                     ipv6=facts.config.enable_ipv6)
+            set_backend_options(facts)
         except ConfigError as e:
             facts.config_error = str(e)
         except EtcdError as e:
