@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv6Interface
@@ -45,6 +46,7 @@ P = "flannel.alpha.coreos.com/"
 NETWORK6 = "fd64::/48"
 MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
 VXLAN_DATA_RE = re.compile(rf'^\{{"VNI":1,"VtepMAC":"{MAC}"\}}$')
+FLANNELCTL = str(Path(sys.executable).parent / "flannelctl")
 ANNOTATIONS = {P + s for s in ("kube-subnet-manager", "backend-type", "backend-data", "backend-v6-data", "public-ip",
                                "public-ipv6")}
 
@@ -179,6 +181,23 @@ def link_mac(node: Node, ifname: str) -> str | None:
         return ipr.link("get", index=found[0])[0].get("IFLA_ADDRESS") if found else None
 
 
+def flannelctl(k: KubeCluster, node: Node, *argv: str) -> tuple[int, Any, str]:
+    """flannelctl with the node's flanneld flags in its namespace: (exit status, the --json document, the text)."""
+    cmd = [FLANNELCTL, *k.kube_args(), f"-subnet-file={node.subnet_file}"]
+    env = {"NODE_NAME": node.name}
+    p = k.c.exec(node.ns, [*cmd, *argv, "--json"], check=False, timeout=60, env=env)
+    assert p.stdout, p.stderr
+    text = k.c.exec(node.ns, [*cmd, *argv], check=False, timeout=60, env=env).stdout
+    print(f"\n$ flannelctl {' '.join(argv)} (on {node.name})\n{text}")
+    return p.returncode, json.loads(p.stdout), text
+
+
+def doctor_fails(k: KubeCluster, node: Node) -> tuple[int, dict[str, Any]]:
+    rc, doc, _ = flannelctl(k, node, "doctor")
+    checks = {c["name"]: c for c in doc["checks"]}
+    return rc, {n: c for n, c in checks.items() if c["level"] == "fail"} | {"_all": checks}
+
+
 def vteps(k: KubeCluster, node: Node) -> tuple[str, str]:
     a = flannel_annotations(k, node)
     return json.loads(a[P + "backend-data"])["VtepMAC"], json.loads(a[P + "backend-v6-data"])["VtepMAC"]
@@ -224,6 +243,22 @@ def test_vxlan_dual_stack_pings_annotations_kernel_and_subnet_env(kube_ds: KubeC
         assert env["FLANNEL_IPV6_NETWORK"] == NETWORK6
         assert env["FLANNEL_IPV6_SUBNET"] == f"fd64:0:0:{n.index:x}::1/64"
 
+    # flannelctl on a node: the kube checks and the vxlan + IPv6 kernel checks pass; status shows every peer's
+    # kernel entries in place and the dual-stack columns.
+    n1 = c.nodes[0]
+    rc, fails = doctor_fails(k, n1)
+    checks = fails.pop("_all")
+    assert (rc, fails) == (0, {}), fails
+    assert {"backend", "pod cidr v6", "vxlan_device", "kernel_peers", "ipv6_forwarding", "ipv6_rules"} <= set(checks)
+    assert checks["kernel_peers"]["level"] == "ok" and checks["pod cidr v6"]["detail"] == subnet6(n1)
+    rc, doc, text = flannelctl(k, n1, "status")
+    kr = doc["kernel"]
+    assert rc == 0 and (kr["error"], kr["leases"], kr["kernel"], kr["drift"]) == (None, 2, 2, [])
+    assert sorted((r["subnet"], r["kernel"]) for r in kr["rows"]) == [("100.64.2.0/24", "ok"), ("100.64.3.0/24", "ok")]
+    assert {(p["name"], p["subnet6"], p["vtep_mac6"]) for p in doc["peers"]} == {
+        (p.name, subnet6(p), vteps(k, p)[1]) for p in c.nodes[1:]}
+    assert "VTEPMAC-V6" in text
+
 
 def test_vxlan_dual_stack_restart_keeps_both_vtep_macs(kube_ds: KubeCluster) -> None:
     """Both devices deleted while flanneld is down: the MACs can only come back from the annotations."""
@@ -266,6 +301,19 @@ def test_hostgw_dual_stack_pings_and_annotations(kube_ds: KubeCluster) -> None:
         want = {(f"fd64:0:0:{p.index:x}::", 64, dualstack.node_ip6(p)) for p in c.nodes if p is not n}
         assert want <= routes6, (n.name, routes6)
         assert c.read_subnet_env(n)["FLANNEL_IPV6_SUBNET"] == f"fd64:0:0:{n.index:x}::1/64"
+
+    # flannelctl on a node: host-gw's checks (gateways on the L2, routes in place, both families) pass.
+    n1 = c.nodes[0]
+    rc, fails = doctor_fails(k, n1)
+    checks = fails.pop("_all")
+    assert (rc, fails) == (0, {}), fails
+    assert {"backend", "pod cidr v6", "hostgw_l2", "hostgw_routes", "ipv6_forwarding"} <= set(checks)
+    assert "vxlan_device" not in checks and "4 peer gateway(s) on-link on eth0" in checks["hostgw_l2"]["detail"]
+    rc, doc, _text = flannelctl(k, n1, "status")
+    kr = doc["kernel"]
+    assert rc == 0 and kr["backend"]["type"] == "host-gw" and kr["drift"] == []
+    assert sorted((r["subnet"], r["subnet6"], r["route"], r["on_l2"]) for r in kr["rows"]) == [
+        (f"100.64.{p.index}.0/24", subnet6(p), True, True) for p in c.nodes[1:]]
 
 
 # --- mixed with Go flanneld -------------------------------------------------------------------------------
