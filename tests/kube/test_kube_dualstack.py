@@ -4,14 +4,18 @@ Why: in kube mode the v6 half of a lease travels only in Node annotations (``bac
 ``public-ipv6``) and the second entry of ``spec.podCIDRs``; nothing in the etcd-mode dual-stack tests
 (tests/netns/test_dualstack_daemon.py) reads or writes those. Shown here against a real API server:
 
-* v4 and v6 pod pings between every pair of nodes (the matrix is printed), for vxlan and host-gw;
+* v4 and v6 pod pings between every pair of nodes (the matrix is printed), for vxlan, host-gw and
+  wireguard (wireguard-go here: flanneld runs behind support.wgagent.PRIVATE_WG_DIR);
 * the annotations exactly as flannel v0.28.9 writes them (docs: ../shared/spec/kube-mode.md §2);
 * ``flannel-v6.<VNI>``: local address, VNI, the /128 address, and per peer the route, neighbour and FDB
   entry that the peers' annotations call for;
 * the v6 lines of subnet.env;
 * a restart after both VXLAN devices were deleted keeps both VtepMACs: the v4 one comes back from
   ``backend-data``, the v6 one from ``backend-v6-data`` (KubeSubnetManager.stored_backend_data);
-* a mixed cluster with Go flanneld v0.28.9 on n3, in kube mode, pinging v4 and v6 both ways.
+* flannelctl status/doctor on a node (kube mode) pass the backend's own checks and list each peer's
+  kernel state (vxlan entries, host-gw routes, WireGuard peers and handshakes);
+* a mixed cluster with Go flanneld v0.28.9 on n3, in kube mode, pinging v4 and v6 both ways (vxlan and
+  host-gw), and Go restoring both VtepMACs from its annotations after a restart without devices.
 
 The Nodes are created by the test (no kube-controller-manager): node i gets podCIDRs
 ``[100.64.i.0/24, fd64:0:0:i::/64]`` and the LAN gets fd18::/64 addresses (support.dualstack).
@@ -24,6 +28,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +43,9 @@ from pyroute2 import IPRoute
 from support import dualstack
 from support import kube as ks
 from support.cluster import Cluster, Node, destroy_prefix
+from support.wgagent import PRIVATE_WG_DIR
+
+from pyflannel.core.backends.wireguard import public_key
 
 from .conftest import LAN_IP, KubeCluster, _skip_reason
 
@@ -109,14 +118,17 @@ def published(k: KubeCluster, node: Node) -> bool:
     return set(flannel_annotations(k, node)) == ANNOTATIONS
 
 
-def start_and_add_pods(k: KubeCluster, go_nodes: tuple[str, ...] = ()) -> dict[str, str]:
-    """flanneld on every node (Go on ``go_nodes``), one pod per node with a v4 and a v6 address.
-
-    Returns node name -> the pod's v6 address.
+def start_and_add_pods(k: KubeCluster, go_nodes: tuple[str, ...] = (),
+                       start: Callable[[Node], object] | None = None) -> dict[str, str]:
+    """flanneld on every node (Go on ``go_nodes``, or ``start(node)``), one pod per node with a v4 and a v6
+    address. Returns node name -> the pod's v6 address.
     """
     c = k.c
     for n in c.nodes:
-        k.start(n, go=n.name in go_nodes)
+        if start is not None:
+            start(n)
+        else:
+            k.start(n, go=n.name in go_nodes)
     pods6 = {}
     for n in c.nodes:
         env = wait_env6(c, n)
@@ -181,13 +193,29 @@ def link_mac(node: Node, ifname: str) -> str | None:
         return ipr.link("get", index=found[0])[0].get("IFLA_ADDRESS") if found else None
 
 
+def wg_env(node: Node) -> dict[str, str]:
+    return {"NODE_NAME": node.name, "WIREGUARD_KEY_FILE": str(node.dir / "wgkey")}
+
+
 def flannelctl(k: KubeCluster, node: Node, *argv: str) -> tuple[int, Any, str]:
-    """flannelctl with the node's flanneld flags in its namespace: (exit status, the --json document, the text)."""
+    """flannelctl with the node's flanneld flags where its flanneld runs: (exit status, the --json document, the
+    text). For wireguard that is flanneld's own mount namespace too (its private /run/wireguard)."""
     cmd = [FLANNELCTL, *k.kube_args(), f"-subnet-file={node.subnet_file}"]
     env = {"NODE_NAME": node.name}
-    p = k.c.exec(node.ns, [*cmd, *argv, "--json"], check=False, timeout=60, env=env)
+    proc = k.c.flanneld_process(node)
+    if (node.dir / "wgkey").exists() and proc is not None:
+        env = wg_env(node)
+
+        def run(args: list[str]) -> Any:
+            return subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "-n", "env",
+                                   *(f"{a}={b}" for a, b in env.items()), *args],
+                                  capture_output=True, text=True, timeout=60, check=False)
+    else:
+        def run(args: list[str]) -> Any:
+            return k.c.exec(node.ns, args, check=False, timeout=60, env=env)
+    p = run([*cmd, *argv, "--json"])
     assert p.stdout, p.stderr
-    text = k.c.exec(node.ns, [*cmd, *argv], check=False, timeout=60, env=env).stdout
+    text = run([*cmd, *argv]).stdout
     print(f"\n$ flannelctl {' '.join(argv)} (on {node.name})\n{text}")
     return p.returncode, json.loads(p.stdout), text
 
@@ -314,6 +342,45 @@ def test_hostgw_dual_stack_pings_and_annotations(kube_ds: KubeCluster) -> None:
     assert rc == 0 and kr["backend"]["type"] == "host-gw" and kr["drift"] == []
     assert sorted((r["subnet"], r["subnet6"], r["route"], r["on_l2"]) for r in kr["rows"]) == [
         (f"100.64.{p.index}.0/24", subnet6(p), True, True) for p in c.nodes[1:]]
+
+
+# --- wireguard (wireguard-go on a kernel without the module) -----------------------------------------------
+
+
+@pytest.mark.parametrize("kube_ds", ["wireguard"], indirect=True)
+def test_wireguard_dual_stack_pings_annotations_and_flannelctl(kube_ds: KubeCluster) -> None:
+    if shutil.which("wireguard-go") is None and not Path("/sys/module/wireguard").exists():
+        pytest.skip("needs the wireguard kernel module or wireguard-go (Debian package wireguard-go)")
+    k, c = kube_ds, kube_ds.c
+
+    def start(n: Node) -> object:
+        return c.start_flanneld(n, k.kube_args(), wg_env(n), wrapper=PRIVATE_WG_DIR)
+
+    pods6 = start_and_add_pods(k, start=start)
+    res = ping_matrix(c, pods6)
+    assert all(res.values()), [key for key, ok in res.items() if not ok]
+    for n in c.nodes:
+        a = flannel_annotations(k, n)
+        key = public_key((n.dir / "wgkey").read_text())
+        assert set(a) == ANNOTATIONS and a[P + "backend-type"] == "wireguard", n.name
+        # Mode "separate" (the default): flannel-wg on ListenPort, flannel-wg-v6 on ListenPortV6, one key.
+        assert a[P + "backend-data"] == json.dumps({"PublicKey": key, "Port": 51820}, separators=(",", ":"))
+        assert a[P + "backend-v6-data"] == json.dumps({"PublicKey": key, "Port": 51821}, separators=(",", ":"))
+        assert a[P + "public-ipv6"] == dualstack.node_ip6(n)
+
+    n1 = c.nodes[0]
+    rc, fails = doctor_fails(k, n1)
+    checks = fails.pop("_all")
+    assert (rc, fails) == (0, {}), fails
+    assert {"backend", "pod cidr v6", "wg_device", "wg_listen_port", "wg_public_key", "wg_peers",
+            "ipv6_forwarding"} <= set(checks)
+    assert "vxlan_device" not in checks and "hostgw_l2" not in checks
+    rc, doc, text = flannelctl(k, n1, "status")
+    kr = doc["kernel"]
+    assert rc == 0 and kr["backend"]["type"] == "wireguard" and kr["drift"] == []
+    assert sorted((r["device"], r["subnet"], r["configured"]) for r in kr["rows"]) == sorted(
+        (dev, f"100.64.{p.index}.0/24", True) for p in c.nodes[1:] for dev in ("flannel-wg", "flannel-wg-v6"))
+    assert "PUBLIC-KEY" in text and "WG-PORT" in text
 
 
 # --- mixed with Go flanneld -------------------------------------------------------------------------------
