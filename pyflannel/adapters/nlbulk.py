@@ -25,7 +25,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
@@ -409,10 +409,10 @@ class Monitor:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self, owned: Owned, ours: int = 0) -> list[Change | LinkGone | Overrun]:
+    def read(self, owned: Owned, ours: Collection[int] = ()) -> list[Change | LinkGone | Overrun]:
         """Everything queued now (never blocks).
 
-        ``ours``: the port id of the socket our own changes are sent from. The kernel stamps route and
+        ``ours``: the port ids of the sockets our own changes are sent from. The kernel stamps route and
         (ARP/NDP) neighbour notifications with the port id of the request that caused them, so those are
         our own echoes and are dropped unparsed: the caller's mirror already holds what it applied. FDB
         notifications from vxlan and neighbour deletions carry port id 0 whoever asked, so they are always
@@ -430,7 +430,7 @@ class Monitor:
                     continue
                 raise
             for mtype, _flags, _seq, pid, payload in _messages(data):
-                if ours and pid == ours and mtype in _ECHOED:
+                if pid in ours and pid and mtype in _ECHOED:
                     continue
                 if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
                     r = parse_route(payload, owned)

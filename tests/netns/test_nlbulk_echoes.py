@@ -52,15 +52,15 @@ def drain(ours):
 
 out = {"portid_nonzero": b.portid != 0}
 assert b.apply(order([Op("replace", e) for e in entries]), idx) == []
-out["ours_skipped"] = drain(b.portid)
+out["ours_skipped"] = drain({b.portid})
 assert b.apply(order([Op("delete", e) for e in entries]), idx) == []
-out["ours_deleted_skipped"] = drain(b.portid)
+out["ours_deleted_skipped"] = drain({b.portid})
 assert b.apply(order([Op("replace", e) for e in entries]), idx) == []
-out["ours_without_portid"] = drain(0)
+out["ours_without_portid"] = drain(())
 with IPRoute() as ipr:  # someone else: a different port id
     ipr.route("del", dst=str(sn), gateway=str(sn.network_address), oif=dev)
     ipr.neigh("del", dst=str(sn.network_address), lladdr=mac, ifindex=dev)
-out["theirs"] = drain(b.portid)
+out["theirs"] = drain({b.portid})
 print(json.dumps(out))
 '''
 
