@@ -161,11 +161,25 @@ def check_device(f: NodeFacts, opts: Any) -> Check:
             mac = None
         if mac and mac != d.mac.lower():
             problems.append(f"has MAC {d.mac} but the lease publishes VtepMAC {mac}")
+    d6, v6 = f.device6, ""
+    if f.ipv6 and f.vopts is not None and f.own is not None:  # dual stack: flannel-v6.<VNI> too
+        if d6 is None:
+            problems.append(f"(EnableIPv6) {f.vopts.device6} does not exist")
+        else:
+            try:
+                mac6 = f.own.attrs.vxlan_v6_data().vtep_mac
+            except ValueError:
+                mac6 = None
+            if not d6.up:
+                problems.append(f"{d6.name} is down")
+            if mac6 and mac6 != d6.mac.lower():
+                problems.append(f"{d6.name} has MAC {d6.mac} but the lease publishes v6 VtepMAC {mac6}")
+            v6 = f"; {d6.name} up, local {d6.local}, MAC {d6.mac}"
     if problems:
         return Check("vxlan_device", "fail", f"{d.name} " + ", ".join(problems),
                      "flanneld repairs the device on its next pass; if it does not, restart flanneld")
     return Check("vxlan_device", "ok", f"{d.name} up, VNI {d.vni}, local {d.local}, port {d.port or 8472}, "
-                 f"MAC {d.mac}")
+                 f"MAC {d.mac}{v6}")
 
 
 def check_lease(f: NodeFacts, opts: Any) -> Check:

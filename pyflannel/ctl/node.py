@@ -49,7 +49,7 @@ from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError, SubnetEnvError
 from pyflannel.core.flags import Options
 from pyflannel.core.lease import Lease
-from pyflannel.core.model import LiveVxlanLink, PeerState, Route, WgPeer
+from pyflannel.core.model import Fdb, LiveVxlanLink, Neigh, PeerState, Route, WgPeer
 from pyflannel.core.subnet_env import parse_env_text
 from pyflannel.ctl.keyspace import make_client
 from pyflannel.daemon.metrics import status_path
@@ -57,6 +57,8 @@ from pyflannel.daemon.metrics import status_path
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 RT_TABLE_MAIN = 254
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,10 @@ class NodeFacts:
     desired: PeerState | None = None
     onlink: list[IPv4Network] = field(default_factory=list)  # uplink's on-link prefixes (DirectRouting)
     actual: PeerState | None = None
+    # EnableIPv6 (vxlan): flannel-v6.<VNI> and the entries on it (desired: only those on that device)
+    device6: LiveVxlanLink | None = None
+    desired6: PeerState | None = None
+    actual6: PeerState | None = None
     routes: list[HostRoute] = field(default_factory=list)
     peer_routes: dict[str, tuple[int | None, str | None]] = field(default_factory=dict)  # PublicIP -> (oif, dev)
     sysctls: dict[str, str | None] = field(default_factory=dict)
@@ -454,6 +460,8 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
     direct = bool(facts.vopts and facts.vopts.direct_routing)
     facts.onlink = nl.connected_networks(up_index) if direct and up_index else []
     facts.desired = vxlan.desired_state(dev.name, facts.peers, direct, up_name, facts.onlink)
+    if facts.ipv6 and facts.vopts is not None:
+        read_vxlan6(facts, nl)
     for p in facts.peers:
         ip = p.lease.attrs.public_ip
         try:
@@ -462,6 +470,33 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
             oif = None
         lk = facts.link(oif) if oif else None
         facts.peer_routes[str(ip)] = (oif, lk.name if lk else None)
+
+
+def read_vxlan6(facts: NodeFacts, nl: Netlink) -> None:
+    """EnableIPv6: flannel-v6.<VNI>, the entries the peers call for on it (``vxlan.peer_entries`` with the v6
+    device, as the daemon builds them) and the permanent ones the kernel has there. Read with pyroute2's
+    dumps: the bulk observer (adapters/nlbulk.py) reads the IPv4 device only."""
+    assert facts.vopts is not None
+    dev = nl.read_vxlan(facts.vopts.device6)
+    facts.device6 = dev
+    if dev is None:
+        return
+    want = [e for p in facts.peers for e in vxlan.peer_entries(p.lease, facts.device_name, device6=dev.name)[0]
+            if e.dev == dev.name]
+    facts.desired6 = PeerState(frozenset(e for e in want if isinstance(e, Route)),
+                               frozenset(e for e in want if isinstance(e, Neigh)),
+                               frozenset(e for e in want if isinstance(e, Fdb)))
+    routes = frozenset(
+        Route(IPv6Network(f"{r.get('RTA_DST')}/{r['dst_len']}"), IPv6Address(r.get("RTA_GATEWAY")), dev.name,
+              onlink=bool(r["flags"] & RTNH_F_ONLINK))
+        for r in nl.ipr.route("dump", family=socket.AF_INET6, table=RT_TABLE_MAIN, oif=dev.index)
+        if r.get("RTA_GATEWAY") and r.get("RTA_DST"))
+    neighs = frozenset(Neigh(IPv6Address(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), dev.name)
+                       for n in nl.ipr.neigh("dump", family=socket.AF_INET6, ifindex=dev.index)
+                       if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR"))
+    fdbs = frozenset(Fdb(str(n.get("NDA_LLADDR")), ip_address(n.get("NDA_DST")), dev.name)
+                     for n in nl.ipr.fdb("dump", ifindex=dev.index) if n.get("NDA_DST") and n.get("NDA_LLADDR"))
+    facts.actual6 = PeerState(routes, neighs, fdbs)
 
 
 def lookup(nl: Netlink, facts: NodeFacts, ip: IPv4Address | IPv6Address) -> RouteLookup:

@@ -113,16 +113,30 @@ def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
     _, actual = entry_sets(f)
     direct = bool(f.vopts and f.vopts.direct_routing)
     up = f.uplink.name if f.uplink else ""
+    dev6 = f.device6.name if f.device6 is not None else ""
+    actual6 = set(f.actual6.entries()) if f.actual6 else set()
     rows = []
     for p in f.peers:
         want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
         missing = sorted(describe(e).split(" ", 1)[0] for e in want if e not in actual)
-        rows.append({
+        row: dict[str, Any] = {
             "subnet": str(p.lease.subnet),
             "public_ip": str(p.lease.attrs.public_ip),
             "vtep_mac": p.vtep_mac,
             "kernel": "unknown" if f.desired is None else ("missing " + ", ".join(missing) if missing else "ok"),
-        })
+        }
+        if f.ipv6:  # dual stack: the same for flannel-v6.<VNI>
+            want6 = [e for e in vxlan.peer_entries(p.lease, f.device_name, device6=dev6)[0] if e.dev == dev6] \
+                if dev6 else []
+            missing6 = sorted(describe(e).split(" ", 1)[0] for e in want6 if e not in actual6)
+            try:
+                mac6: str | None = p.lease.attrs.vxlan_v6_data().vtep_mac
+            except ValueError:
+                mac6 = None
+            row |= {"subnet6": str(p.lease.subnet6) if p.lease.subnet6 else None, "vtep_mac6": mac6,
+                    "kernel6": "no device" if not dev6 else "no v6 lease" if not want6
+                    else ("missing " + ", ".join(missing6) if missing6 else "ok")}
+        rows.append(row)
     return rows
 
 
@@ -140,6 +154,9 @@ def drift(f: NodeFacts) -> list[str]:
     if f.desired is None or f.actual is None:
         return []
     desired, actual = entry_sets(f)
+    if f.desired6 is not None and f.actual6 is not None:  # flannel-v6.<VNI>
+        desired |= set(f.desired6.entries())
+        actual |= set(f.actual6.entries())
     out = [f"missing {describe(e)}" for e in sorted(desired - actual, key=describe)]
     out += [f"stale {describe(e)}" for e in sorted(actual - desired, key=describe)]
     return out
@@ -358,6 +375,10 @@ def _peer_table(backend: str, rows: list[dict[str, Any]]) -> str:
                        else (duration(r["last_handshake_age"]) + " ago" if r["last_handshake_age"] is not None
                              else "-"),
                        _bytes(r["rx_bytes"]), _bytes(r["tx_bytes"]), r["public_key"]] for r in rows])
+    if any("kernel6" in r for r in rows):  # dual stack
+        return table(("PEER-SUBNET", "PUBLIC-IP", "VTEP-MAC", "KERNEL", "PEER-SUBNET-V6", "VTEP-MAC-V6", "KERNEL-V6"),
+                     [[r["subnet"], r["public_ip"], r["vtep_mac"], r["kernel"], r["subnet6"] or "-",
+                       r["vtep_mac6"] or "-", r["kernel6"]] for r in rows])
     return table(("PEER-SUBNET", "PUBLIC-IP", "VTEP-MAC", "KERNEL"),
                  [[r["subnet"], r["public_ip"], r["vtep_mac"], r["kernel"]] for r in rows])
 

@@ -29,6 +29,7 @@ import json
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -282,10 +283,30 @@ def test_vxlan_dual_stack_pings_annotations_kernel_and_subnet_env(kube_ds: KubeC
     rc, doc, text = flannelctl(k, n1, "status")
     kr = doc["kernel"]
     assert rc == 0 and (kr["error"], kr["leases"], kr["kernel"], kr["drift"]) == (None, 2, 2, [])
-    assert sorted((r["subnet"], r["kernel"]) for r in kr["rows"]) == [("100.64.2.0/24", "ok"), ("100.64.3.0/24", "ok")]
+    assert sorted((r["subnet"], r["kernel"], r["subnet6"], r["vtep_mac6"], r["kernel6"]) for r in kr["rows"]) == [
+        (f"100.64.{p.index}.0/24", "ok", subnet6(p), vteps(k, p)[1], "ok") for p in c.nodes[1:]]
     assert {(p["name"], p["subnet6"], p["vtep_mac6"]) for p in doc["peers"]} == {
         (p.name, subnet6(p), vteps(k, p)[1]) for p in c.nodes[1:]}
-    assert "VTEPMAC-V6" in text
+    assert "VTEPMAC-V6" in text and "KERNEL-V6" in text
+    assert "flannel-v6.1 up, local fd18::b" in checks["vxlan_device"]["detail"]
+
+    # A v6 route deleted while flanneld is stopped (SIGSTOP: its repair cannot hide it) is what they report.
+    proc = c.flanneld_process(n1)
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        with IPRoute(netns=n1.ns, flags=0) as ipr:
+            ipr.route("del", dst="fd64:0:0:2::/64", family=10, oif=ipr.link_lookup(ifname="flannel-v6.1")[0])
+        rc, fails = doctor_fails(k, n1)
+        fails.pop("_all")
+        assert rc == 1 and set(fails) == {"kernel_peers"}, fails
+        assert "missing route fd64:0:0:2::/64 via fd64:0:0:2:: dev flannel-v6.1" in fails["kernel_peers"]["detail"]
+        _rc, doc, _text = flannelctl(k, n1, "status")
+        row = next(r for r in doc["kernel"]["rows"] if r["subnet"] == "100.64.2.0/24")
+        assert (row["kernel"], row["kernel6"]) == ("ok", "missing route")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: flannelctl(k, n1, "status")[1]["kernel"]["drift"] == [], 30, "flanneld to put the v6 route back")
 
 
 def test_vxlan_dual_stack_restart_keeps_both_vtep_macs(kube_ds: KubeCluster) -> None:
