@@ -227,6 +227,14 @@ def doctor_fails(k: KubeCluster, node: Node) -> tuple[int, dict[str, Any]]:
     return rc, {n: c for n, c in checks.items() if c["level"] == "fail"} | {"_all": checks}
 
 
+def complaints(node: Node, about: tuple[str, ...]) -> list[str]:
+    """Error/fatal lines of the node's flanneld log (klog format, either implementation), and warnings naming
+    any of ``about``; a stop's "context canceled" is not a complaint."""
+    text = node.flanneld_log.read_text(errors="replace") if node.flanneld_log.exists() else ""
+    return [ln for ln in text.splitlines() if re.match(r"[EFW]\d{4} ", ln) and "context canceled" not in ln
+            and (ln[0] != "W" or any(a in ln for a in about))]
+
+
 def vteps(k: KubeCluster, node: Node) -> tuple[str, str]:
     a = flannel_annotations(k, node)
     return json.loads(a[P + "backend-data"])["VtepMAC"], json.loads(a[P + "backend-v6-data"])["VtepMAC"]
@@ -435,6 +443,8 @@ def test_dual_stack_mixed_with_go_flanneld(kube_ds: KubeCluster) -> None:
             assert VXLAN_DATA_RE.match(a[P + "backend-v6-data"]), (label(n), a)
         else:
             assert (a[P + "backend-data"], a[P + "backend-v6-data"]) == ("null", "null"), (label(n), a)
+    for n in c.nodes:  # neither side complains about the other (Go logs "context canceled" when it stops)
+        assert not complaints(n, about=tuple(p.lan_ip for p in c.nodes if p is not n)), label(n)
     if backend != "vxlan":
         return
     st = vxlan6_state(go)
