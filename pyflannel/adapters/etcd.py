@@ -28,8 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from pyflannel.adapters import http1
 from pyflannel.core.backoff import jittered
 from pyflannel.core.errors import FlannelError
 
@@ -214,13 +213,10 @@ class EtcdClient:
         elif any(e.startswith("https://") for e in eps):
             verify = ssl.create_default_context()
         self._verify = verify
-        self._client = self._make_client(httpx.Timeout(timeout, connect=min(timeout, 3.0)))
-        # Watches hold a connection open indefinitely: no read timeout, keepalive instead.
-        self._watch_client = self._make_client(httpx.Timeout(timeout, connect=min(timeout, 3.0), read=None))
-
-    def _make_client(self, timeout: httpx.Timeout) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(verify=self._verify, socket_options=_socket_options(), retries=0)
-        return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+        # Watches hold a connection open indefinitely: no read timeout on the stream, keepalive instead.
+        self._client = http1.HttpClient(verify=verify, timeout=timeout, connect_timeout=min(timeout, 3.0),
+                                        socket_options=_socket_options())
+        self._watch_client = self._client
 
     @property
     def endpoint(self) -> str:
@@ -228,7 +224,6 @@ class EtcdClient:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._watch_client.aclose()
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -249,7 +244,7 @@ class EtcdClient:
         body = {"name": self._auth.username, "password": self._auth.password}
         try:
             r = await self._client.post(url, json=body)
-        except httpx.HTTPError as e:
+        except http1.HTTPError as e:
             raise EtcdError(f"etcd {endpoint}: authenticate: {_describe(e)}") from None
         except ssl.SSLError as e:
             raise EtcdError(f"etcd {endpoint}: authenticate: TLS error: {e}") from None
@@ -282,11 +277,11 @@ class EtcdClient:
                 try:
                     headers = await self._headers(endpoint)
                     r = await self._client.post(f"{endpoint}{path}", json=body, headers=headers)
-                except httpx.HTTPError as e:
+                except http1.HTTPError as e:
                     last = EtcdError(f"etcd {endpoint}: {path}: {_describe(e)}")
                     self.errors += 1
                     break
-                except ssl.SSLError as e:  # a TLS alert after the handshake is not wrapped by httpx
+                except ssl.SSLError as e:  # not expected (http1 wraps TLS errors), kept as a guard
                     last = EtcdError(f"etcd {endpoint}: {path}: TLS error: {e}")
                     self.errors += 1
                     break
@@ -411,7 +406,7 @@ class EtcdClient:
             headers = await self._headers(endpoint) if self._auth else {}
             try:
                 r = await self._client.post(f"{endpoint}/v3/maintenance/status", json={}, headers=headers)
-            except httpx.HTTPError as e:
+            except http1.HTTPError as e:
                 raise EtcdError(f"etcd {endpoint}: status: {_describe(e)}") from None
             except ssl.SSLError as e:
                 raise EtcdError(f"etcd {endpoint}: status: TLS error: {e}") from None
@@ -428,7 +423,7 @@ class EtcdClient:
         for endpoint in self.endpoints:
             try:
                 r = await self._client.get(f"{endpoint}/v2/keys{key}")
-            except httpx.HTTPError:
+            except http1.HTTPError:
                 continue
             if r.status_code == 200:
                 node = _json(r).get("node") or {}
@@ -454,7 +449,6 @@ class EtcdClient:
                 "key": _b64(prefix),
                 "range_end": prefix_range_end(prefix),
                 "start_revision": str(start_revision),
-                "prev_kv": True,
             }
         }
         inner = self._watch(idx, endpoint, body)
@@ -503,7 +497,7 @@ class EtcdClient:
                     header_rev = int(res.get("header", {}).get("revision", 0))
                     if events or res.get("created"):
                         yield WatchBatch(events, header_rev)
-        except httpx.HTTPError as e:
+        except http1.HTTPError as e:
             self._rotate(idx)
             raise EtcdError(f"etcd {endpoint}: watch: {_describe(e)}") from None
         except ssl.SSLError as e:
@@ -518,7 +512,7 @@ class EtcdClient:
         raise EtcdError(f"etcd {endpoint}: watch stream closed")
 
 
-def _json(r: httpx.Response) -> dict[str, Any]:
+def _json(r: http1.Response) -> dict[str, Any]:
     try:
         data = r.json()
     except ValueError:
@@ -526,16 +520,16 @@ def _json(r: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _err(data: dict[str, Any], r: httpx.Response) -> str:
+def _err(data: dict[str, Any], r: http1.Response) -> str:
     msg = data.get("message") or data.get("error")
     if isinstance(msg, dict):
         msg = msg.get("message")
     return str(msg) if msg else f"HTTP {r.status_code}: {r.text.strip()[:200]}"
 
 
-def _describe(e: httpx.HTTPError) -> str:
+def _describe(e: http1.HTTPError) -> str:
     cause = e.__cause__ or e.__context__
-    if isinstance(e, httpx.ConnectError) and isinstance(cause, ssl.SSLError | ssl.SSLCertVerificationError):
+    if isinstance(e, http1.ConnectError) and isinstance(cause, ssl.SSLError | ssl.SSLCertVerificationError):
         return f"TLS handshake failed: {cause}"
     text = str(e) or type(e).__name__
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
