@@ -30,6 +30,9 @@ from pyflannel.core.lease import Lease
 from pyflannel.core.model import Entry
 
 Net = IPv4Network | IPv6Network
+# (family, first address, last address, the network) of a block, for the per-lease checks.
+_FamSpan = tuple[int, int, int, Net]
+_Spans = tuple[dict[int, list[tuple[int, int, Net]]], list[_FamSpan], list[_FamSpan]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class PeerTable:
         self.leases: dict[str, Lease] = {}
         self.verdicts: dict[str, Verdict] = {}
         self._index = {4: _BlockIndex(32), 6: _BlockIndex(128)}
+        self._spans_for: Lease | None = None
+        self._span_cache: _Spans | None = None
         self._why: dict[str, str | None] = {}  # per key: None skipped, "" candidate, else why refused
         # Keys that passed the per-lease checks, with what the backend built for them.
         self._candidate: dict[str, tuple[Entry, ...]] = {}
@@ -157,21 +162,40 @@ class PeerTable:
         self._candidate[key] = entries
         return ""
 
+    def _spans(self) -> _Spans:
+        """(Network spans by family, our subnets' spans, protected spans), as integers: ipaddress's
+        subnet_of/overlaps cost microseconds each, and a join runs these checks for every lease."""
+        own = self.own
+        if self._spans_for is not own or self._span_cache is None:
+            nets: dict[int, list[tuple[int, int, Net]]] = {}
+            for n in self.networks:
+                nets.setdefault(n.version, []).append((*_span(n), n))
+            mine: list[_FamSpan] = [(int(n.version), *_span(n), n)
+                                    for n in (self._subnets(own) if own is not None else ())]
+            prot: list[_FamSpan] = [(int(n.version), *_span(n), n) for n in self.protected]
+            cache: _Spans = (nets, mine, prot)
+            self._span_cache = cache
+            self._spans_for = own
+            return cache
+        return self._span_cache
+
     def _own_checks(self, le: Lease) -> str | None:
         if le.attrs.backend_type != self.backend_type:
             return None
         own = self.own
+        nets, mine, prot = self._spans()
         for sn in self._subnets(le):
-            fam = [n for n in self.networks if n.version == sn.version]
-            if fam and not any(sn.subnet_of(n) for n in fam):  # type: ignore[arg-type]
-                return f"subnet {sn} is outside the Network {fam[0]}"
-            if own is not None:
-                for mine in self._subnets(own):
-                    if mine.version == sn.version and mine.overlaps(sn):
-                        return f"subnet {sn} overlaps our own subnet {mine}"
-            bad = next((p for p in self.protected if p.version == sn.version and p.overlaps(sn)), None)
-            if bad is not None:
-                return f"subnet {sn} overlaps the node network {bad}"
+            lo, hi = _span(sn)
+            v = sn.version
+            fam = nets.get(v)
+            if fam and not any(nlo <= lo and hi <= nhi for nlo, nhi, _ in fam):
+                return f"subnet {sn} is outside the Network {fam[0][2]}"
+            for mv, mlo, mhi, m in mine:
+                if mv == v and mlo <= hi and lo <= mhi:
+                    return f"subnet {sn} overlaps our own subnet {m}"
+            for pv, plo, phi, p in prot:
+                if pv == v and plo <= hi and lo <= phi:
+                    return f"subnet {sn} overlaps the node network {p}"
         pub = le.attrs.public_ip
         if own is not None and pub == own.attrs.public_ip and int(pub) != 0:
             return f"PublicIP {pub} is our own"
