@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
+CANONICAL_CACHE = 1 << 16  # distinct lease keys remembered by LeaseWatcher.canonical
 
 
 class LeaseWatcher:
@@ -56,6 +57,7 @@ class LeaseWatcher:
         self.bad: dict[str, str] = {}
         self.synced = asyncio.Event()
         self.revision = 0  # the next revision the watch asks for
+        self._canonical: dict[str, str] = {}
         self.watch_restarts = 0
         self.errors = 0
 
@@ -116,11 +118,20 @@ class LeaseWatcher:
 
     def canonical(self, key: str) -> str:
         """Leases are filed under the key flanneld would write for their subnet."""
+        # Every watch event asks; a node's key comes back again and again, so remember the answers
+        # (bounded: a cluster that churns through more distinct keys just starts over).
+        hit = self._canonical.get(key)
+        if hit is not None:
+            return hit
         try:
             sn4, sn6 = parse_subnet_key(key.rsplit("/", 1)[-1])
         except LeaseFormatError:
             return key
-        return self.registry.lease_key(sn4, sn6)
+        out = self.registry.lease_key(sn4, sn6)
+        if len(self._canonical) >= CANONICAL_CACHE:
+            self._canonical.clear()
+        self._canonical[key] = out
+        return out
 
     def seed(self, leases: list[Lease], bad: list[BadLease], revision: int) -> None:
         """Start from a listing made elsewhere (the lease acquisition) instead of listing again."""

@@ -154,6 +154,8 @@ class Daemon:
         self.watcher: Any = views
         self.rules: Any = views
         self._env_written: str | None = None
+        self._env_args: tuple[Any, ...] | None = None
+        self._env_text = ""
         self._env_error: str | None = None
         self._env_checked = 0.0
         self._rules_wake = asyncio.Event()
@@ -316,10 +318,13 @@ class Daemon:
     def write_subnet_env(self) -> None:
         assert self.config is not None and self.lease is not None
         cfg, lease = self.config, self.lease
-        env = SubnetEnv(cfg.network if cfg.enable_ipv4 else None, lease.subnet if cfg.enable_ipv4 else None,
-                        self.mtu, self.opts.ip_masq,
-                        cfg.ipv6_network if cfg.enable_ipv6 else None, lease.subnet6 if cfg.enable_ipv6 else None)
-        text = env.render()
+        args = (cfg.network if cfg.enable_ipv4 else None, lease.subnet if cfg.enable_ipv4 else None,
+                self.mtu, self.opts.ip_masq,
+                cfg.ipv6_network if cfg.enable_ipv6 else None, lease.subnet6 if cfg.enable_ipv6 else None)
+        # This runs after every reconcile pass; render the text only when what goes into it changed.
+        if args != self._env_args:
+            self._env_args, self._env_text = args, SubnetEnv(*args).render()
+        text = self._env_text
         try:
             if text == self._env_written:
                 # Unchanged: look at the file itself only now and then (someone may have deleted it), not
