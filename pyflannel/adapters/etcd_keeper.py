@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.adapters.etcd import EtcdError
-from pyflannel.adapters.registry import LEASE_TTL, BadLease, SubnetRegistry
+from pyflannel.adapters.registry import LEASE_TTL, BadLease, EtcdLease, SubnetRegistry, etcd_lease_id
 from pyflannel.core.allocate import choose_subnet
 from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import FlannelError, OutOfSubnets
@@ -47,20 +47,20 @@ class LeaseKeeper:
         self.renew_margin = renew_margin
         self.ttl = ttl
         self.rng = rng or random.Random()
-        self.lease: Lease | None = None
+        self.lease: EtcdLease | None = None
         self._wake = asyncio.Event()
         self._lost = False
         self._republish = False
         self.reacquisitions = 0
         # The last listing acquire() made; the watcher starts from it instead of listing again.
-        self.snapshot: tuple[list[Lease], list[BadLease], int] | None = None
+        self.snapshot: tuple[list[EtcdLease], list[BadLease], int] | None = None
 
     @property
     def key(self) -> str | None:
         return None if self.lease is None else self.registry.lease_key(self.lease.subnet, self.lease.subnet6)
 
     async def acquire(self, config: NetworkConfig, previous: IPv4Network | None,
-                      previous6: IPv6Network | None = None) -> Lease:
+                      previous6: IPv6Network | None = None) -> EtcdLease:
         """One AcquireLease: up to 10 rounds of list, choose, write (both halves of a dual-stack key)."""
         exclude: list[IPv4Network] = []
         exclude6: list[IPv6Network] = []
@@ -81,10 +81,11 @@ class LeaseKeeper:
             if choice.existing is not None:
                 old = choice.existing
                 lease = await self.registry.update_lease(old, attrs, self.ttl)
-                if not old.reserved and old.lease_id and old.lease_id != lease.lease_id:
+                old_id = etcd_lease_id(old)
+                if not old.reserved and old_id and old_id != lease.lease_id:
                     # The key now hangs on the new etcd lease; drop the old one rather than
                     # leave it to expire in 24 h.
-                    await self.registry.client.lease_revoke(old.lease_id)
+                    await self.registry.client.lease_revoke(old_id)
                 kind = "reservation" if old.reserved else "lease"
                 log.info("Found %s (%s) for current IP (%s), reusing", kind, old.subnet, self.public_ip)
             else:

@@ -226,7 +226,7 @@ def _json_annotation(text: str | None, what: str, name: str) -> str | None:
 def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool = False) -> Lease:
     """A peer's lease from its Node (flannel's nodeToLease). Raises LeaseFormatError or KubeNodeError.
 
-    Kube leases have no TTL: ``lease_id`` 0 and no expiration.
+    Kube leases have no TTL: no expiration (and they are not reservations).
     """
     name = node_name(node)
     a = node_annotations(node)

@@ -178,24 +178,20 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One subnet lease as seen in etcd.
+    """One subnet lease: the subnet(s) a node holds and what it published for them.
 
-    ``lease_id`` is the etcd lease the key is attached to; 0 means the key has none, which
-    pyflannel treats as a reservation (flannel issue #1329). ``expiration`` is a unix time,
-    or None for a reservation.
+    Only domain facts live here; how a store keeps the lease (an etcd lease id, a revision) is the
+    store adapter's business (``pyflannel/adapters/registry.py`` ``EtcdLease``). ``reserved``
+    marks a reservation: an operator-written key that never expires (flannel issue #1329).
+    ``expiration`` is a unix time, or None when the lease does not expire.
     """
 
     subnet: IPv4Network
     attrs: LeaseAttrs
     subnet6: IPv6Network | None = None
-    lease_id: int = 0
     expiration: float | None = None
-    mod_revision: int = 0
+    reserved: bool = False
 
     @property
     def key_name(self) -> str:
         return make_subnet_key(self.subnet, self.subnet6)
-
-    @property
-    def reserved(self) -> bool:
-        return self.lease_id == 0

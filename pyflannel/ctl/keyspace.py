@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pyflannel.adapters.etcd import EtcdClient, TLSConfig
-from pyflannel.adapters.registry import BadLease, SubnetRegistry
+from pyflannel.adapters.registry import BadLease, EtcdLease, SubnetRegistry
 from pyflannel.core.backends import vxlan
 from pyflannel.core.config import NetworkConfig, check_backend_type, parse_config
 from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError
@@ -143,7 +143,7 @@ async def config_set(reg: SubnetRegistry, text: str, source: str) -> tuple[Netwo
 @dataclass(frozen=True)
 class LeaseRow:
     key: str
-    lease: Lease
+    lease: EtcdLease
     ttl: int | None  # seconds left; None for a reservation; -1 if the etcd lease is gone
     granted: int | None
 
@@ -182,7 +182,7 @@ class LeaseRow:
         }
 
 
-async def lease_ttls(client: EtcdClient, leases: list[Lease]) -> dict[int, tuple[int, int]]:
+async def lease_ttls(client: EtcdClient, leases: list[EtcdLease]) -> dict[int, tuple[int, int]]:
     """TimeToLive of every distinct etcd lease behind the keys, a few at a time."""
     sem = asyncio.Semaphore(TTL_CONCURRENCY)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from pyflannel.adapters.etcd import EtcdClient, EtcdError
 from pyflannel.adapters.netlink import DataplaneError, LinkInfo, Netlink
-from pyflannel.adapters.registry import BadLease, SubnetRegistry
+from pyflannel.adapters.registry import BadLease, EtcdLease, SubnetRegistry
 from pyflannel.core.backends import hostgw, vxlan
 from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.config import NetworkConfig
@@ -134,10 +134,10 @@ class NodeFacts:
     config: NetworkConfig | None = None
     config_error: str | None = None
     vopts: vxlan.VxlanOptions | None = None
-    leases: list[Lease] = field(default_factory=list)
+    leases: list[EtcdLease] = field(default_factory=list)
     bad_leases: list[BadLease] = field(default_factory=list)
     etcd_error: str | None = None
-    own: Lease | None = None
+    own: EtcdLease | None = None
     own_ttl: int | None = None
     endpoints: list[EndpointHealth] = field(default_factory=list)
     # kernel
@@ -304,9 +304,10 @@ async def read_etcd(facts: NodeFacts, opts: Options) -> None:
             return
         mine = facts.own_subnet
         facts.own = next((le for le in facts.leases if le.subnet == mine), None)
-        if facts.own is not None and facts.own.lease_id:
+        own_id = 0 if facts.own is None else facts.own.lease_id
+        if own_id:
             with contextlib.suppress(EtcdError):
-                facts.own_ttl, _ = await client.lease_ttl(facts.own.lease_id)
+                facts.own_ttl, _ = await client.lease_ttl(own_id)
 
 
 # --- kernel ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyflannel.adapters.registry import etcd_lease_id
 from pyflannel.core.model import Entry, Route
 from pyflannel.core.plan import describe
 from pyflannel.ctl.node import NodeFacts
@@ -216,7 +217,7 @@ def lease_report(f: NodeFacts) -> dict[str, Any] | None:
         return None
     exp = f.now + f.own_ttl if f.own_ttl is not None and f.own_ttl >= 0 else None
     return {"subnet": str(f.own.subnet), "public_ip": str(f.own.attrs.public_ip), "reserved": f.own.reserved,
-            "lease_id": f.own.lease_id, "ttl_seconds": f.own_ttl, "expires_at": exp}
+            "lease_id": etcd_lease_id(f.own), "ttl_seconds": f.own_ttl, "expires_at": exp}
 
 
 def backend_report(f: NodeFacts) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
         "lease": None if lease is None else {
             "subnet": str(lease.subnet),
             "public_ip": str(lease.attrs.public_ip),
-            "lease_id": lease.lease_id,
+            "lease_id": getattr(lease, "lease_id", 0),  # etcd mode only (adapters/registry.py EtcdLease)
             "expiration": lease.expiration,
             "reserved": lease.reserved,
         },
