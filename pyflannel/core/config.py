@@ -40,6 +40,11 @@ class NetworkConfig:
     # The Backend object as decoded JSON; compared by the fields above, not by this.
     backend: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def ipv6_only(self) -> bool:
+        """EnableIPv4=false, EnableIPv6=true: leases have only an IPv6 subnet (pyflannel only in etcd mode)."""
+        return self.enable_ipv6 and not self.enable_ipv4
+
     def subnet_fits(self, subnet: IPv4Network) -> bool:
         """True if ``subnet`` is one flanneld would hand out under this config."""
         if self.network is None or self.subnet_min is None or self.subnet_max is None:
@@ -181,6 +186,10 @@ def parse_config(text: str | bytes) -> NetworkConfig:
 
     if enable_ipv4:
         network, subnet_len, subnet_min, subnet_max = _check_v4(network, subnet_len, subnet_min, subnet_max)
+    else:
+        # An IPv6-only network (issue 13): flanneld ignores the IPv4 fields, and so does everything here, so no
+        # code can act on a Network that is not in use. ``ignored_ipv4_fields`` keeps the names for a warning.
+        network, subnet_len, subnet_min, subnet_max = None, 0, None, None
     if enable_ipv6:
         ipv6_network, ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max = _check_v6(
             ipv6_network, ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max
