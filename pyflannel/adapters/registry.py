@@ -1,7 +1,8 @@
 """flannel's keyspace in etcd: the network config and the subnet leases.
 
 This is the only module that knows the key layout (``<prefix>/config``,
-``<prefix>/subnets/<a.b.c.d>-<len>``) and how a lease maps onto an etcd lease. It turns
+``<prefix>/subnets/<a.b.c.d>-<len>[&<v6>-<len6>]``, and ``<prefix>/subnets/<v6>-<len6>`` for an
+IPv6-only lease) and how a lease maps onto an etcd lease. It turns
 etcd key-values into core Lease values and back, and never decides anything itself.
 
 Listing leases does not call TimeToLive per key (flanneld does, twice per key at start-up):
@@ -47,7 +48,7 @@ class EtcdLease(Lease):
 
     @classmethod
     def make(
-        cls, subnet: IPv4Network, attrs: LeaseAttrs, subnet6: IPv6Network | None, lease_id: int,
+        cls, subnet: IPv4Network | None, attrs: LeaseAttrs, subnet6: IPv6Network | None, lease_id: int,
         expiration: float | None, mod_revision: int,
     ) -> EtcdLease:
         return cls(subnet=subnet, attrs=attrs, subnet6=subnet6, expiration=expiration, reserved=lease_id == 0,
@@ -112,7 +113,7 @@ class SubnetRegistry:
         self.config_key = join(prefix, "config")
         self.subnets_prefix = join(prefix, "subnets") + "/"
 
-    def lease_key(self, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> str:
+    def lease_key(self, subnet: IPv4Network | None, subnet6: IPv6Network | None = None) -> str:
         return self.subnets_prefix + make_subnet_key(subnet, subnet6)
 
     async def get_config_text(self) -> str:
@@ -150,7 +151,7 @@ class SubnetRegistry:
         return leases, bad, res.revision
 
     async def create_lease(
-        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int = LEASE_TTL, subnet6: IPv6Network | None = None
+        self, subnet: IPv4Network | None, attrs: LeaseAttrs, ttl: int = LEASE_TTL, subnet6: IPv6Network | None = None
     ) -> EtcdLease | None:
         """Grant an etcd lease and create the key if absent. None if another node won the race."""
         key = self.lease_key(subnet, subnet6)
@@ -190,7 +191,7 @@ class SubnetRegistry:
         expires = time.time() + remaining
         return EtcdLease.make(lease.subnet, lease.attrs, lease.subnet6, lease.lease_id, expires, lease.mod_revision)
 
-    async def delete_lease(self, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> int:
+    async def delete_lease(self, subnet: IPv4Network | None, subnet6: IPv6Network | None = None) -> int:
         return await self.client.delete(self.lease_key(subnet, subnet6))
 
     async def watch(self, start_revision: int) -> AsyncIterator[list[LeaseEvent | ConfigEvent]]:
