@@ -222,7 +222,7 @@ class NodeFacts:
     @property
     def device_name(self) -> str:
         if self.vopts is not None:
-            return self.vopts.device
+            return self.vopts.device6 if self.config is not None and self.config.ipv6_only else self.vopts.device
         if self.backend == wgcore.BACKEND_TYPE:
             return wgcore.DEVICE
         return str((self.status or {}).get("device") or "flannel.1")
@@ -302,8 +302,11 @@ async def read_etcd(facts: NodeFacts, opts: Options) -> None:
         except EtcdError as e:
             facts.etcd_error = str(e)
             return
-        mine = facts.own_subnet
-        facts.own = next((le for le in facts.leases if le.subnet == mine), None)
+        mine, mine6 = facts.own_subnet, facts.own_subnet6
+        if mine is not None:
+            facts.own = next((le for le in facts.leases if le.subnet == mine), None)
+        elif mine6 is not None and facts.config is not None and facts.config.ipv6_only:
+            facts.own = next((le for le in facts.leases if le.subnet is None and le.subnet6 == mine6), None)
         own_id = 0 if facts.own is None else facts.own.lease_id
         if own_id:
             with contextlib.suppress(EtcdError):
@@ -489,7 +492,7 @@ def read_hostgw(facts: NodeFacts, nl: Netlink) -> None:
         return
     opts = hostgw.HostGwOptions(ipv4=facts.config.enable_ipv4, ipv6=facts.config.enable_ipv6)
     for le in facts.leases:
-        if le.subnet == facts.own.subnet:
+        if le.subnets == facts.own.subnets:
             continue
         # No ``onlink``: a gateway off the uplink's L2 is what doctor reports, so it is not filtered here.
         pr = hostgw.peer_routes(le, up.name, opts, own=facts.own)
@@ -557,12 +560,12 @@ def read_wireguard(facts: NodeFacts) -> None:
         if facts.own.attrs.backend_data:
             own_key = wgcore.parse_data(facts.own.attrs.backend_data).public_key
     for le in facts.leases:
-        if le.subnet == facts.own.subnet:
+        if le.subnets == facts.own.subnets:
             continue
         r = wgcore.peer_entries(le, facts.wg_opts, own_key=own_key, own_public_ip=facts.own.attrs.public_ip,
                                 own_public_ipv6=facts.own.attrs.public_ipv6)
         if r.rejected:
-            facts.wg_rejected.append((str(le.subnet), r.rejected))
+            facts.wg_rejected.append((le.name, r.rejected))
         facts.wg_desired.extend(r.peers)
 
 

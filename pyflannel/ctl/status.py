@@ -67,7 +67,7 @@ def hostgw_rows(f: NodeFacts) -> list[dict[str, Any]]:
                   and any(x.version == rt.via.version and rt.via in x for x in f.uplink_prefixes))
             l2.append(on)
         rows.append({
-            "subnet": str(p.lease.subnet),
+            "subnet": str(p.lease.subnet) if p.lease.subnet else None,
             "subnet6": str(p.lease.subnet6) if p.lease.subnet6 else None,
             "public_ip": str(p.lease.attrs.public_ip),
             "public_ipv6": str(p.lease.attrs.public_ipv6) if p.lease.attrs.public_ipv6 else None,
@@ -92,8 +92,8 @@ def wg_rows(f: NodeFacts) -> list[dict[str, Any]]:
         le = subnet_of.get(w.allowed_ips[0]) if w.allowed_ips else None
         hs = st.last_handshake_sec if st else 0
         rows.append({
-            "subnet": str(le.subnet) if le else w.allowed_ips[0],
-            "public_ip": str(le.attrs.public_ip) if le else "",
+            "subnet": le.name if le else w.allowed_ips[0],
+            "public_ip": str(le.owner_ip) if le else "",
             "device": w.dev,
             "public_key": w.public_key,
             "configured": st is not None,
@@ -216,7 +216,7 @@ def lease_report(f: NodeFacts) -> dict[str, Any] | None:
     if f.own is None:
         return None
     exp = f.now + f.own_ttl if f.own_ttl is not None and f.own_ttl >= 0 else None
-    return {"subnet": str(f.own.subnet), "public_ip": str(f.own.attrs.public_ip), "reserved": f.own.reserved,
+    return {"subnet": f.own.name, "public_ip": str(f.own.owner_ip), "reserved": f.own.reserved,
             "lease_id": etcd_lease_id(f.own), "ttl_seconds": f.own_ttl, "expires_at": exp}
 
 
@@ -239,6 +239,7 @@ def status_data(f: NodeFacts) -> dict[str, Any]:
         "errors": [e for e in (f.env_error, f.etcd_error, f.config_error, f.kernel_error) if e],
         "lease": lease_report(f),
         "own_subnet": str(f.own_subnet) if f.own_subnet else None,
+        "own_subnet6": str(f.own_subnet6) if f.own_subnet6 else None,
         "daemon": daemon_report(f),
         "peers": {"etcd": _etcd_peers(f), "kernel": kernel_peer_count(f), "rows": peer_rows(f),
                   "rejected": _rejected(f), "drift": drift(f)},
@@ -257,7 +258,7 @@ def _etcd_peers(f: NodeFacts) -> int:
 
 def _rejected(f: NodeFacts) -> list[dict[str, str]]:
     if f.backend == "host-gw":
-        return [{"key": str(p.lease.subnet), "reason": p.rejected} for p in f.hostgw_peers if p.rejected]
+        return [{"key": p.lease.name, "reason": p.rejected} for p in f.hostgw_peers if p.rejected]
     if f.backend == "wireguard":
         return [{"key": s, "reason": r} for s, r in f.wg_rejected]
     return [{"key": r.key, "reason": r.reason} for r in f.rejected]
@@ -266,7 +267,7 @@ def _rejected(f: NodeFacts) -> list[dict[str, str]]:
 def _lease_line(d: dict[str, Any]) -> str:
     lease = d["lease"]
     if lease is None:
-        sub = d["own_subnet"]
+        sub = d["own_subnet"] or d.get("own_subnet6")
         return f"none in etcd for {sub} (from {d['subnet_file']})" if sub else "unknown (no subnet file)"
     head = f"{lease['subnet']}, PublicIP {lease['public_ip']}, "
     if lease["reserved"]:
