@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
 from typing import Any, TypeVar
 
 from pyflannel.core.backends import vxlan
@@ -46,9 +46,11 @@ T = TypeVar("T")
 class FakeSubnetManager:
     name = "fake"
 
-    def __init__(self, config: str, own_subnet: str = "100.64.1.0/24") -> None:
+    def __init__(self, config: str, own_subnet: str | None = "100.64.1.0/24", own_subnet6: str | None = None) -> None:
         self.config_text = config
-        self.own_subnet = IPv4Network(own_subnet)
+        # own_subnet None: an IPv6-only network (EnableIPv4=false), the lease has only own_subnet6.
+        self.own_subnet = IPv4Network(own_subnet) if own_subnet is not None else None
+        self.own_subnet6 = IPv6Network(own_subnet6) if own_subnet6 is not None else None
         self.leases: dict[str, Lease] = {}
         self.own: Lease | None = None
         self.acquired = 0
@@ -63,7 +65,7 @@ class FakeSubnetManager:
 
     async def acquire_lease(self, attrs: LeaseAttrs, previous: PreviousSubnets) -> Lease:
         self.acquired += 1
-        lease = Lease(self.own_subnet, attrs, expiration=None)
+        lease = Lease(self.own_subnet, attrs, self.own_subnet6, expiration=None)
         self.own = lease
         self.leases[lease.key_name] = lease
         return lease
