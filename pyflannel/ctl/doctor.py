@@ -72,6 +72,9 @@ def check_config(f: NodeFacts, opts: Any) -> Check:
         return Check("config", "warn", f"backend {f.config.backend_type!r}: pyflannel nodes run "
                      + ", ".join(SUPPORTED), "flannelctl config set with \"Backend\": {\"Type\": \"vxlan\"}")
     v6 = f", IPv6Network {f.config.ipv6_network}" if f.ipv6 else ""
+    if f.config.ipv6_only:
+        return Check("config", "ok", f"IPv6-only (EnableIPv4=false): IPv6Network {f.config.ipv6_network}, "
+                     f"IPv6SubnetLen {f.config.ipv6_subnet_len}, backend {f.config.backend_type}")
     return Check("config", "ok", f"Network {f.config.network}, SubnetLen {f.config.subnet_len}{v6}, "
                  f"backend {f.config.backend_type}")
 
@@ -205,7 +208,7 @@ def check_peers_reachable(f: NodeFacts, opts: Any) -> Check:
     port = (f.device.port if f.device and f.device.port else 8472)
     bad = []
     for p in f.peers:
-        ip = str(p.lease.attrs.public_ip)
+        ip = str(p.lease.owner_ip)
         oif, dev = f.peer_routes.get(ip, (None, None))
         if oif is None:
             bad.append(f"no route to {ip}")
@@ -268,7 +271,8 @@ FirewallMode = Literal["iptables", "nftables", "both", "none", "unknown"]
 
 def active_firewall(f: NodeFacts) -> FirewallMode:
     """Which mode's rules the kernel holds: flannel's iptables chains, its nftables tables, both or none."""
-    ipt = f":{MASQ_CHAIN} " in f.iptables.get("nat", "") or f":{FWD_CHAIN} " in f.iptables.get("filter", "")
+    ipt = any(f":{MASQ_CHAIN} " in t.get("nat", "") or f":{FWD_CHAIN} " in t.get("filter", "")
+              for t in (f.iptables, f.ip6tables))  # an IPv6-only network has only ip6tables chains
     nft = any(v is not None for v in f.nftables.values())
     if ipt and nft:
         return "both"
@@ -695,7 +699,7 @@ def check_wg_handshake(f: NodeFacts, opts: Any) -> Check:
     if not devs or f.own is None:
         return Check("wg_handshake", "skip", "needs the lease and a WireGuard device that answers")
     leases = _peer_by_key(f)
-    us = str(f.own.attrs.public_ip)
+    us = str(f.own.owner_ip)  # PublicIPv6 on an IPv6-only network
     never, old, fresh = [], [], 0
     for d in devs:
         for p in d.status.peers:
@@ -787,14 +791,18 @@ WIREGUARD_CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
 IPV6_CHECKS: dict[Callable[[NodeFacts, Any], Check], Callable[[NodeFacts, Any], Check]] = {
     check_ip_forward: check_ipv6_forwarding, check_masquerade: check_ipv6_rules,
 }  # each runs right after its key
+# Not run on an IPv6-only network (EnableIPv4=false): there is no IPv4 Network, subnet or rule to check.
+IPV4_ONLY_CHECKS = frozenset({check_ip_forward, check_network_overlap, check_forward, check_masquerade})
 
 
 def checks_for(f: NodeFacts) -> list[Callable[[NodeFacts, Any], Check]]:
     """The checks that apply to this node's backend (and IPv6 config); the others are not run or printed."""
     base = {hostgw.BACKEND_TYPE: HOSTGW_CHECKS, wgcore.BACKEND_TYPE: WIREGUARD_CHECKS}.get(f.backend, VXLAN_CHECKS)
     out = []
+    v6_only = f.config is not None and f.config.ipv6_only
     for c in base:
-        out.append(c)
+        if not (v6_only and c in IPV4_ONLY_CHECKS):
+            out.append(c)
         if f.ipv6 and c in IPV6_CHECKS:
             out.append(IPV6_CHECKS[c])
     return out

@@ -49,7 +49,7 @@ from pyflannel.core.config import NetworkConfig
 from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError, SubnetEnvError
 from pyflannel.core.flags import Options
 from pyflannel.core.lease import Lease
-from pyflannel.core.model import LiveVxlanLink, PeerState, Route, WgPeer
+from pyflannel.core.model import Fdb, LiveVxlanLink, Neigh, PeerState, Route, WgPeer
 from pyflannel.core.subnet_env import parse_env_text
 from pyflannel.ctl.keyspace import make_client
 from pyflannel.daemon.metrics import status_path
@@ -440,6 +440,9 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
     if facts.backend == wgcore.BACKEND_TYPE:
         read_wg_links(facts, nl)
         return
+    if facts.device is not None and facts.config is not None and facts.config.ipv6_only:
+        read_vxlan6(facts, nl)
+        return
     if facts.device is None or facts.config is None or facts.config.network is None:
         return
     dev, up = facts.device, facts.uplink
@@ -460,6 +463,44 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
             oif = None
         lk = facts.link(oif) if oif else None
         facts.peer_routes[str(ip)] = (oif, lk.name if lk else None)
+
+
+def read_vxlan6(facts: NodeFacts, nl: Netlink) -> None:
+    """vxlan on an IPv6-only network: ``flannel-v6.<VNI>``'s routes, permanent neighbours and FDB entries, and
+    what the leases call for (the daemon's ``vxlan.peer_entries``; overlapping leases are not weeded out)."""
+    dev = facts.device
+    assert dev is not None
+    routes = {Route(IPv6Network(f"{r.get('RTA_DST')}/{r['dst_len']}"), IPv6Address(r.get("RTA_GATEWAY")), dev.name,
+                    onlink=bool(r["flags"] & 4))
+              for r in nl.ipr.route("dump", family=socket.AF_INET6, table=254, oif=dev.index)
+              if r.get("RTA_GATEWAY") and r.get("RTA_DST")}
+    neighs = {Neigh(IPv6Address(n.get("NDA_DST")), str(n.get("NDA_LLADDR")).lower(), dev.name)
+              for n in nl.ipr.neigh("dump", family=socket.AF_INET6, ifindex=dev.index)
+              if n["state"] & 0x80 and n.get("NDA_DST") and n.get("NDA_LLADDR")}
+    fdbs = {Fdb(str(n.get("NDA_LLADDR")).lower(), ip_address(n.get("NDA_DST")), dev.name)
+            for n in nl.ipr.fdb("dump", ifindex=dev.index) if n.get("NDA_DST") and n.get("NDA_LLADDR")}
+    facts.actual = PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+    if facts.own is None:
+        return
+    want: list[Route | Neigh | Fdb] = []
+    for le in facts.leases:
+        if le.subnets == facts.own.subnets or le.attrs.backend_type != vxlan.BACKEND_TYPE:
+            continue
+        entries, why = vxlan.peer_entries(le, "", device6=dev.name)
+        if why:
+            facts.rejected.append(vxlan.Rejected(le.key_name, why))
+            continue
+        if le.attrs.public_ipv6 == facts.own.attrs.public_ipv6:
+            facts.rejected.append(vxlan.Rejected(le.key_name, f"PublicIPv6 {le.attrs.public_ipv6} is our own"))
+            continue
+        facts.peers.append(vxlan.Peer(le, le.attrs.vxlan_v6_data().vtep_mac))
+        want.extend(entries)
+    facts.desired = PeerState(frozenset(e for e in want if isinstance(e, Route)),
+                              frozenset(e for e in want if isinstance(e, Neigh)),
+                              frozenset(e for e in want if isinstance(e, Fdb)))
+    for p in facts.peers:
+        lk = lookup(nl, facts, p.lease.owner_ip)
+        facts.peer_routes[str(p.lease.owner_ip)] = (lk.oif, lk.dev)
 
 
 def lookup(nl: Netlink, facts: NodeFacts, ip: IPv4Address | IPv6Address) -> RouteLookup:

@@ -116,11 +116,14 @@ def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
     up = f.uplink.name if f.uplink else ""
     rows = []
     for p in f.peers:
-        want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
+        if p.lease.subnet is None:  # IPv6-only: the flannel-v6.<VNI> entries
+            want = list(vxlan.peer_entries(p.lease, "", device6=f.device_name)[0]) if f.desired else []
+        else:
+            want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
         missing = sorted(describe(e).split(" ", 1)[0] for e in want if e not in actual)
         rows.append({
-            "subnet": str(p.lease.subnet),
-            "public_ip": str(p.lease.attrs.public_ip),
+            "subnet": p.lease.name,
+            "public_ip": str(p.lease.owner_ip),
             "vtep_mac": p.vtep_mac,
             "kernel": "unknown" if f.desired is None else ("missing " + ", ".join(missing) if missing else "ok"),
         })
@@ -159,6 +162,8 @@ def mtu_report(f: NodeFacts) -> dict[str, Any]:
     up = f.uplink.mtu if f.uplink else None
     backend = f.backend if f.backend in OVERHEAD else "vxlan"
     overhead = OVERHEAD[backend]
+    if backend == "vxlan" and f.config is not None and f.config.ipv6_only:
+        overhead = 70  # flannel-v6.<VNI> only: the outer header is IPv6 (docs/backends.md, IPv6-only networks)
     if backend == "host-gw":
         dev_name, dev = None, None
         base = up
@@ -173,7 +178,7 @@ def mtu_report(f: NodeFacts) -> dict[str, Any]:
     env_raw = (f.env or {}).get("FLANNEL_MTU")
     env = int(env_raw) if env_raw and env_raw.isdigit() else None
     expected = base - overhead if base else None
-    header = {"vxlan": f"{VXLAN_OVERHEAD}-byte VXLAN header", "wireguard": f"{overhead}-byte WireGuard overhead",
+    header = {"vxlan": f"{overhead}-byte VXLAN header", "wireguard": f"{overhead}-byte WireGuard overhead",
               "host-gw": ""}[backend]
     problems = []
     if dev is not None and env is not None and dev != env:
