@@ -130,13 +130,20 @@ def doctor(c: Cluster, n: Node) -> dict[str, dict[str, str]]:
     return {x["name"]: x for x in json.loads(proc.stdout)["checks"]}
 
 
-def check_ipv6_only_node(c: Cluster, n: Node, mtu: int) -> None:
+def check_ipv6_only_node(c: Cluster, n: Node, mtu: int, nft: bool = False) -> None:
     """No IPv4 device, route or rule; the IPv6 rules and subnet.env lines flannel writes; doctor is happy."""
     assert "flannel.1" not in links(n) and "flannel-wg" not in links(n), links(n)
     assert v4_pod_routes(n) == []
     v4, v6 = firewall(c, n)
     assert "FLANNEL" not in v4, v4
-    assert f"-A FLANNEL-POSTRTG -s {NET6} -d {NET6}" in v6 and f"-A FLANNEL-FWD -s {NET6}" in v6, v6
+    if nft:  # EnableNFTables: flannel-ipv4 exists empty (as flannel creates it), flannel-ipv6 has the rules
+        assert "FLANNEL" not in v6, v6
+        t4 = c.exec(n.ns, ["nft", "list", "table", "ip", "flannel-ipv4"]).stdout
+        t6 = c.exec(n.ns, ["nft", "list", "table", "ip6", "flannel-ipv6"]).stdout
+        assert "chain" not in t4, t4
+        assert f"ip6 saddr {NET6} ip6 daddr != ff00::/8 masquerade" in t6 and f"ip6 saddr {NET6} accept" in t6, t6
+    else:
+        assert f"-A FLANNEL-POSTRTG -s {NET6} -d {NET6}" in v6 and f"-A FLANNEL-FWD -s {NET6}" in v6, v6
     sn6 = own6(c, n)
     assert n.subnet_file.read_text() == (f"FLANNEL_IPV6_NETWORK={NET6}\nFLANNEL_IPV6_SUBNET={sn6.network_address + 1}"
                                          f"/64\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n")
@@ -246,10 +253,15 @@ def test_vxlan_v6_only_restart_keeps_the_lease(vxlan: Cluster) -> None:
 
 
 # --- host-gw ---------------------------------------------------------------------------------------------------
-def test_hostgw_v6_only_cluster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
     _need()
+    nft = mode == "nftables"
+    if nft and not shutil.which("nft"):
+        pytest.skip("needs nft (Debian package nftables)")
     prefix = f"p6o{secrets.token_hex(2)}"
-    c = start(prefix, tmp_path / "hg", HOSTGW_CONFIG)
+    config = HOSTGW_CONFIG.replace('"EnableIPv4"', '"EnableNFTables": true, "EnableIPv4"') if nft else HOSTGW_CONFIG
+    c = start(prefix, tmp_path / "hg", config)
     try:
         assert dualstack.ping6_matrix(c) == []
         raw = raw_leases(c)
@@ -268,7 +280,7 @@ def test_hostgw_v6_only_cluster(tmp_path: Path) -> None:
                     if sn6_of(k) != mine}
             assert got == want, n.name
             assert not any(k.startswith("flannel") for k in links(n)), links(n)
-            check_ipv6_only_node(c, n, 1500)
+            check_ipv6_only_node(c, n, 1500, nft)
         check_restart_keeps_lease(c)
     finally:
         c.down()
