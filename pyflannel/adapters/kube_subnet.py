@@ -126,7 +126,11 @@ class KubeSubnetManager:
                 text = f.read()
         except OSError as e:
             raise ConfigError(f"failed to read net conf {self.net_config_path!r}: {e.strerror or e}") from None
-        self.config = k.parse_net_conf(text, self.net_config_path)
+        cfg = k.parse_net_conf(text, self.net_config_path)
+        if cfg.ipv6_only:
+            raise ConfigError(f"{self.net_config_path}: an IPv6-only network (EnableIPv4=false) runs in etcd mode "
+                              "only; kube mode needs EnableIPv4 (docs/backends.md, IPv6-only networks)")
+        self.config = cfg
         if not self.node_name:
             self.node_name = await self._resolve_node_name()
             log.info("Kubernetes subnet manager for node %r (%s, %s)", self.node_name, self.kube_config.source,

@@ -390,3 +390,19 @@ def test_daemon_over_fakes_on_a_v6_only_host_gw_network(tmp_path: Path) -> None:
     asyncio.run(go())
     assert env.read_text() == ("FLANNEL_IPV6_NETWORK=fd64::/48\nFLANNEL_IPV6_SUBNET=fd64:0:0:11::1/64\n"
                                "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n")
+
+
+def test_kube_mode_still_refuses_a_v6_only_net_conf(tmp_path: Path) -> None:
+    from pyflannel.adapters.kube_subnet import KubeSubnetManager
+
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(json.dumps({**V6ONLY, "Backend": {"Type": "vxlan"}}))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n"
+                          "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\n"
+                          "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
+    sm = KubeSubnetManager(kubeconfig=str(kubeconfig), net_config_path=str(conf), env={"NODE_NAME": "n1"})
+    with pytest.raises(ConfigError, match=r"an IPv6-only network \(EnableIPv4=false\) runs in etcd mode only") as ei:
+        asyncio.run(sm.get_network_config())
+    assert "\n" not in str(ei.value)
