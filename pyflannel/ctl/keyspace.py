@@ -24,6 +24,7 @@ from pyflannel.adapters.etcd import EtcdClient, TLSConfig
 from pyflannel.adapters.registry import BadLease, EtcdLease, SubnetRegistry
 from pyflannel.core.allocate import subnet4_fits, subnet6_fits
 from pyflannel.core.backends import vxlan
+from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.config import NetworkConfig, check_backend_type, parse_config
 from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError
 from pyflannel.core.flags import Options
@@ -68,6 +69,9 @@ def describe_config(cfg: NetworkConfig) -> dict[str, Any]:
     if cfg.enable_ipv6:
         out.update({"IPv6Network": str(cfg.ipv6_network), "IPv6SubnetLen": cfg.ipv6_subnet_len,
                     "IPv6SubnetMin": str(cfg.ipv6_subnet_min), "IPv6SubnetMax": str(cfg.ipv6_subnet_max)})
+        if cfg.ipv6_subnet_min is not None and cfg.ipv6_subnet_max is not None:
+            size6 = 1 << (128 - cfg.ipv6_subnet_len)
+            out["IPv6Subnets"] = (int(cfg.ipv6_subnet_max) - int(cfg.ipv6_subnet_min)) // size6 + 1
     out["BackendType"] = cfg.backend_type
     out["Backend"] = cfg.backend
     return out
@@ -75,6 +79,10 @@ def describe_config(cfg: NetworkConfig) -> dict[str, Any]:
 
 def summary_line(cfg: NetworkConfig) -> str:
     d = describe_config(cfg)
+    if cfg.ipv6_only:
+        return (f"IPv6-only (EnableIPv4=false): IPv6Network {d['IPv6Network']}, IPv6SubnetLen {d['IPv6SubnetLen']}, "
+                f"IPv6SubnetMin {d['IPv6SubnetMin']}, IPv6SubnetMax {d['IPv6SubnetMax']} "
+                f"({d.get('IPv6Subnets', 0)} subnets), backend {d['BackendType']}")
     return (f"Network {d['Network']}, SubnetLen {d['SubnetLen']}, SubnetMin {d['SubnetMin']}, "
             f"SubnetMax {d['SubnetMax']} ({d.get('Subnets', 0)} subnets), backend {d['BackendType']}")
 
@@ -86,6 +94,8 @@ def validate_text(text: str, source: str) -> NetworkConfig:
         check_backend_type(cfg)
         if cfg.backend_type == vxlan.BACKEND_TYPE:
             vxlan.parse_options(cfg.backend)
+        elif cfg.backend_type == wgcore.BACKEND_TYPE:  # Mode against EnableIPv4/EnableIPv6, as the node checks it
+            wgcore.parse_options(cfg.backend, ipv4=cfg.enable_ipv4, ipv6=cfg.enable_ipv6)
     except ConfigError as e:
         raise CtlError(f"{source}: invalid config: {e}") from None
     return cfg

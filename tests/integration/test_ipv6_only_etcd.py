@@ -122,10 +122,20 @@ def test_watch_and_own_key_deleted(etcd: EtcdServer) -> None:
 
 
 def test_flannelctl_on_a_v6_only_network(capsys: pytest.CaptureFixture[str], etcd: EtcdServer) -> None:
+    bad = CONFIG.replace('{"Type":"vxlan"}', '{"Type":"wireguard","Mode":"ipv4"}')
+    rc, _, err = ctl(capsys, etcd, "config", "set", bad)
+    assert rc == 1 and err.strip().endswith("invalid config: wireguard Mode ipv4 needs EnableIPv4 (EnableIPv4=false)")
+    assert "\n" not in err.strip()
     rc, out, err = ctl(capsys, etcd, "config", "set", CONFIG)
     assert rc == 0 and "Go flanneld cannot run IPv6-only in etcd mode" in err
+    assert ("IPv6-only (EnableIPv4=false): IPv6Network fd64:0:6::/56, IPv6SubnetLen 64, IPv6SubnetMin fd64:0:6:1::, "
+            "IPv6SubnetMax fd64:0:6:ff:: (255 subnets), backend vxlan") in out, out
     rc, out, err = ctl(capsys, etcd, "config", "validate")
     assert rc == 0, err
+    rc, out, _ = ctl(capsys, etcd, "config", "get", "--json")
+    eff = json.loads(out)["effective"]
+    assert (eff["Network"], eff["EnableIPv4"], eff["IPv6Network"], eff["IPv6Subnets"]) == (None, False,
+                                                                                            "fd64:0:6::/56", 255)
     # a reservation of a v6-only key: no etcd lease, PublicIP 0.0.0.0, the node's PublicIPv6
     rc, out, err = ctl(capsys, etcd, "reserve", "fd64:0:6:9::/64", "--public-ip", "fd18::50")
     key = f"{PREFIX}/subnets/fd64:0:6:9::-64"
