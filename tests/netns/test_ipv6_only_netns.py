@@ -252,6 +252,28 @@ def test_vxlan_v6_only_restart_keeps_the_lease(vxlan: Cluster) -> None:
     check_restart_keeps_lease(vxlan)
 
 
+def test_vxlan_v6_only_restart_after_the_key_expired_reuses_subnet_env(vxlan: Cluster) -> None:
+    """The key is gone (expired while the node was down): FLANNEL_IPV6_SUBNET brings the same subnet back."""
+    c, n2 = vxlan, vxlan.nodes[1]
+    before = own6(c, n2)
+    key = f"{before.network_address.compressed}-64"
+    assert c.stop_flanneld(n2, signal.SIGTERM) == 0
+    c.etcdctl("del", SUBNETS_PREFIX + key)
+    logged = len(n2.flanneld_log.read_bytes())
+    start_node(c, n2)
+    want = f"reusing previous IPv6 subnet {before} from the subnet file"
+    deadline = time.monotonic() + 30
+    while want not in (text := n2.flanneld_log.read_bytes()[logged:].decode(errors="replace")):
+        proc = c.flanneld_process(n2)
+        assert proc is not None and proc.poll() is None and time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while key not in raw_leases(c) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert key in raw_leases(c) and own6(c, n2) == before
+    assert dualstack.ping6_matrix(c) == []
+
+
 # --- host-gw ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
