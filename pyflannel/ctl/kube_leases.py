@@ -48,13 +48,17 @@ class NodeRow:
 def row_of(node: Mapping[str, Any], ann: k.Annotations) -> NodeRow:
     a = k.node_annotations(node)
     try:
-        v4, _v6 = k.pod_cidrs(node)
-        subnet, error = (str(v4) if v4 else ""), ""
+        v4, v6 = k.pod_cidrs(node)
+        # the IPv4 podCIDR, or the IPv6 one on a node that has only that (an IPv6-only network)
+        subnet, error = (str(v4) if v4 else str(v6) if v6 else ""), ""
     except k.KubeNodeError as e:
-        subnet, error = "", str(e)
+        subnet, v6, error = "", None, str(e)
     cond = k.network_condition(node)
+    pub = a.get(ann.public_ip, "")
+    if v6 is not None and (not subnet or ":" in subnet):
+        pub = a.get(ann.public_ipv6, "") or pub
     return NodeRow(
-        name=k.node_name(node), subnet=subnet, public_ip=a.get(ann.public_ip, ""),
+        name=k.node_name(node), subnet=subnet, public_ip=pub,
         backend=a.get(ann.backend_type, ""), vtep_mac=k.stored_vtep_mac(a, ann), managed=k.is_managed(node, ann),
         condition=f"{cond.get('status')}/{cond.get('reason')}" if cond else "", error=error,
     )  # fmt: skip
@@ -190,9 +194,12 @@ async def doctor(opts: Any, env: Mapping[str, str], as_json: bool) -> int:
         detail, cidr_level = row.subnet, "ok"
         if net is not None:
             try:
-                from ipaddress import IPv4Network
+                from ipaddress import IPv4Network, IPv6Network
 
-                k.check_in_network(net, IPv4Network(row.subnet), row.name)
+                if ":" in row.subnet:
+                    k.check_in_network6(net, IPv6Network(row.subnet), row.name)
+                else:
+                    k.check_in_network(net, IPv4Network(row.subnet), row.name)
             except k.KubeNodeError as e:
                 detail, cidr_level = str(e), "fail"
         checks.append(Check("pod cidr", "fail" if cidr_level == "fail" else "ok", detail,
@@ -206,9 +213,12 @@ async def doctor(opts: Any, env: Mapping[str, str], as_json: bool) -> int:
     if se is None:
         checks.append(Check("subnet.env", "warn", se_err, "written by flanneld once it holds its lease"))
     else:
-        sn4, _ = previous_subnets(se)
-        same = row.subnet and sn4 is not None and str(sn4) == row.subnet
-        checks.append(Check("subnet.env", "ok" if same else "fail", f"FLANNEL_SUBNET={se.get('FLANNEL_SUBNET')}",
+        sn4, sn6 = previous_subnets(se)
+        v6_row = ":" in row.subnet
+        got = sn6 if v6_row else sn4
+        same = row.subnet and got is not None and str(got) == row.subnet
+        key = "FLANNEL_IPV6_SUBNET" if v6_row else "FLANNEL_SUBNET"
+        checks.append(Check("subnet.env", "ok" if same else "fail", f"{key}={se.get(key)}",
                             f"should be inside the podCIDR {row.subnet}; restart flanneld"))
     return _report(checks, as_json)
 

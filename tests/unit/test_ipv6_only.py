@@ -392,17 +392,25 @@ def test_daemon_over_fakes_on_a_v6_only_host_gw_network(tmp_path: Path) -> None:
                                "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n")
 
 
-def test_kube_mode_still_refuses_a_v6_only_net_conf(tmp_path: Path) -> None:
-    from pyflannel.adapters.kube_subnet import KubeSubnetManager
+def test_kube_mode_v6_only_lease_and_annotations_as_flannel() -> None:
+    """flannel's kube manager with EnableIPv4=false reads and writes only the IPv6 podCIDR and annotations."""
+    from pyflannel.core import kube as k
 
-    conf = tmp_path / "net-conf.json"
-    conf.write_text(json.dumps({**V6ONLY, "Backend": {"Type": "vxlan"}}))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\n"
-                          "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-                          "users: [{name: u, user: {token: t}}]\n"
-                          "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
-    sm = KubeSubnetManager(kubeconfig=str(kubeconfig), net_config_path=str(conf), env={"NODE_NAME": "n1"})
-    with pytest.raises(ConfigError, match=r"an IPv6-only network \(EnableIPv4=false\) runs in etcd mode only") as ei:
-        asyncio.run(sm.get_network_config())
-    assert "\n" not in str(ei.value)
+    ann = k.Annotations.for_prefix(k.DEFAULT_PREFIX)
+    p = "flannel.alpha.coreos.com/"
+    node = {"metadata": {"name": "n2", "annotations": {
+        p + "kube-subnet-manager": "true", p + "backend-type": "vxlan", p + "public-ipv6": "fd18::12",
+        p + "backend-v6-data": '{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:02"}'}},
+        "spec": {"podCIDR": "fd64:0:0:2::/64", "podCIDRs": ["fd64:0:0:2::/64"]}}
+    le = k.node_to_lease(node, ann, enable_ipv6=True, enable_ipv4=False)
+    assert (le.subnet, le.subnet6, le.attrs.public_ip, le.attrs.public_ipv6) == (
+        None, IPv6Network("fd64:0:0:2::/64"), ZERO, PEER6)
+    assert le.attrs.backend_v6_data == DATA6 and le.attrs.backend_data is None
+    with pytest.raises(LeaseFormatError, match="bad flannel.alpha.coreos.com/public-ip annotation"):
+        k.node_to_lease(node, ann, enable_ipv6=True)  # with IPv4 on, the IPv4 annotations are required
+    # what we write: vxlan has no IPv4 backend-data, so no public-ip/backend-data (Go: bd == "null")
+    want, _ = k.desired_annotations({}, LeaseAttrs(ZERO, ME6, "vxlan", None, DATA6), ann)
+    assert want == {p + "backend-type": "vxlan", p + "backend-v6-data": DATA6, p + "public-ipv6": "fd18::11",
+                    p + "kube-subnet-manager": "true"}
+    want, _ = k.desired_annotations({}, LeaseAttrs(ZERO, ME6, "host-gw"), ann)
+    assert want[p + "public-ip"] == "0.0.0.0" and want[p + "backend-data"] == "null"  # as Go writes them
