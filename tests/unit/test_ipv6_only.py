@@ -258,6 +258,15 @@ def test_vxlan_v6_only_peer_gets_the_three_v6_entries() -> None:
     bad = v6lease("fd64:0:0:13::/64", PEER6, data6=None)
     assert vxlan.peer_entries(bad, "", device6="flannel-v6.1") == ((), "vxlan lease has no BackendV6Data")
     assert vxlan.select_peers(v6lease("fd64:0:0:11::/64", ME6), [le], IPv4Network("100.64.0.0/16")) == ([], [])
+    # on an IPv6-only network (no flannel.<VNI>) an IPv4-only lease is refused, a dual-stack one gets its v6 half
+    v4only = Lease(IPv4Network("100.64.9.0/24"), LeaseAttrs(IPv4Address("198.18.0.19"), None, "vxlan",
+                                                             VxlanData(1, "02:aa:bb:cc:dd:09").to_json()))
+    assert vxlan.peer_entries(v4only, "", device6="flannel-v6.1") == (
+        (), "lease 100.64.9.0/24 has no IPv6 subnet, and this network is IPv6-only (EnableIPv4=false)")
+    dual = Lease(IPv4Network("100.64.12.0/24"), LeaseAttrs(IPv4Address("198.18.0.12"), PEER6, "vxlan",
+                                                            VxlanData(1, "02:aa:bb:cc:dd:01").to_json(), DATA6),
+                 IPv6Network("fd64:0:0:12::/64"))
+    assert vxlan.peer_entries(dual, "", device6="flannel-v6.1") == (entries, "")
 
 
 def test_hostgw_and_wireguard_v6_only_peers() -> None:

@@ -257,10 +257,11 @@ def peer_entries(
     ``<v6 VtepMAC> dst <PublicIPv6>`` and ``<v6 subnet> via <v6 subnet IP> onlink``, on that device.
     A peer without a usable v6 half keeps its IPv4 entries (a node that is not dual-stack yet).
     An IPv6-only peer (no IPv4 subnet, no BackendData) gets only the IPv6 entries, and is refused with
-    the reason when it has none.
+    the reason when it has none. On an IPv6-only network (``device`` "": no ``flannel.<VNI>``) every peer
+    gets only its IPv6 entries, whatever else its lease has.
     """
     sn = lease.subnet
-    if sn is None:
+    if sn is None or not device:
         return _v6_only_entries(lease, device6, direct_routing, uplink, onlink_networks)
     try:
         mac = lease.attrs.vxlan_data().vtep_mac
@@ -283,6 +284,8 @@ def _v6_only_entries(
 ) -> tuple[tuple[Route | Neigh | Fdb, ...], str]:
     if not device6:
         return (), f"lease {lease.name} has no IPv4 subnet (an IPv6-only node) and this network has no IPv6"
+    if lease.subnet6 is None:
+        return (), f"lease {lease.name} has no IPv6 subnet, and this network is IPv6-only (EnableIPv4=false)"
     pub6 = lease.attrs.public_ipv6
     if pub6 is None or pub6.is_unspecified or pub6.is_multicast or pub6.is_loopback:
         return (), f"PublicIPv6 {pub6} is not a unicast host address"
