@@ -423,3 +423,14 @@ def test_kube_mode_v6_only_lease_and_annotations_as_flannel() -> None:
                     p + "kube-subnet-manager": "true"}
     want, _ = k.desired_annotations({}, LeaseAttrs(ZERO, ME6, "host-gw"), ann)
     assert want[p + "public-ip"] == "0.0.0.0" and want[p + "backend-data"] == "null"  # as Go writes them
+
+
+def test_cni_delegate_from_a_v6_only_subnet_env() -> None:
+    """The flannel CNI plugin reads the IPv6-only subnet.env: one IPv6 range, one IPv6 route."""
+    from pyflannel.core.cni_conf import delegate_ipam, parse_subnet_env
+
+    text = SubnetEnv(None, None, 1430, True, IPv6Network("fd64::/48"), IPv6Network("fd64:0:0:5::/64")).render()
+    fenv = parse_subnet_env(text, "/run/flannel/subnet.env")
+    assert (fenv["network"], fenv["subnet"], fenv["mtu"]) == (None, None, 1430)
+    ipam = delegate_ipam({}, fenv)
+    assert ipam["ranges"] == [[{"subnet": "fd64:0:0:5::/64"}]] and ipam["routes"] == [{"dst": "fd64::/48"}]
