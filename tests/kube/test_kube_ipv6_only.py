@@ -2,15 +2,20 @@
 
 flannel's kube subnet manager reads and writes only the IPv6 podCIDR and annotations when IPv4 is off; so
 does pyflannel's. The nodes get their fd18:: LAN addresses and IPv6-only podCIDRs; the apiserver stays on the
-IPv4 LAN (the test bed's control plane). Pods have only an fd64:: address (support.dualstack).
+IPv4 LAN (the test bed's control plane). Pods come from the flannel CNI plugin and get only an fd64:: address.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from ipaddress import IPv6Interface, IPv6Network
+from pathlib import Path
 
+import pytest
+from netns.test_cni import DEBIAN_CNI, Runtime
 from support import dualstack
+from support.cluster import Cluster
 
 from .conftest import KubeCluster
 
@@ -18,8 +23,27 @@ P = "flannel.alpha.coreos.com/"
 NET_CONF = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd64::/48", "Backend": {"Type": "vxlan"}}'
 
 
-def test_ipv6_only_vxlan_pods_ping_and_annotations_as_flannel(kube_cluster: KubeCluster) -> None:
+def cni_pods6(c: Cluster, bin_dir: Path) -> dict[str, tuple[str, str]]:
+    """One pod per node through the flannel CNI plugin, IPv6 on in the pod: node name -> (netns, address/len)."""
+    if not (DEBIAN_CNI / "bridge").exists():
+        pytest.skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
+    bin_dir.mkdir(exist_ok=True)
+    flannel = bin_dir / "flannel"
+    if not flannel.exists():
+        flannel.symlink_to(c.flanneld.parent / "flannel")
+    out = {}
+    for n in c.nodes:
+        rt = Runtime(c, n, bin_dir)
+        ns = rt.new_netns()
+        dualstack._enable(c, ns, forwarding=False)
+        (ip,) = rt.add(f"cid-{n.name}", ns)["ips"]
+        out[n.name] = (ns, ip["address"])
+    return out
+
+
+def test_ipv6_only_vxlan_pods_ping_and_annotations_as_flannel(kube_cluster: KubeCluster, tmp_path: Path) -> None:
     k, c = kube_cluster, kube_cluster.c
+    bin_dir = tmp_path / "bin"
     k.net_conf.write_text(NET_CONF)
     dualstack.enable_lan6(c)
     for n in c.nodes:  # a podCIDR cannot be changed: the Nodes are registered again with an IPv6 one
@@ -32,8 +56,17 @@ def test_ipv6_only_vxlan_pods_ping_and_annotations_as_flannel(kube_cluster: Kube
         assert n.subnet_file.read_text() == ("FLANNEL_IPV6_NETWORK=fd64::/48\n"
                                              f"FLANNEL_IPV6_SUBNET=fd64:0:0:{n.index}::1/64\n"
                                              "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"), env
-        dualstack.add_pods6_only(c, n, 1)
-    assert dualstack.ping6_matrix(c) == []
+    pods = cni_pods6(c, bin_dir)
+    assert {n: IPv6Interface(ip).network for n, (_ns, ip) in pods.items()} == {
+        n.name: IPv6Network(f"fd64:0:0:{n.index}::/64") for n in c.nodes}
+    deadline = time.monotonic() + 60
+    while True:
+        fails = [f"{a}->{b}" for a, (ns, _) in pods.items() for b, (_, ip) in pods.items()
+                 if a != b and not dualstack.ping6(c, ns, str(IPv6Interface(ip).ip), timeout=1)]
+        if not fails or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert fails == []
     macs = {}
     for n in c.nodes:
         ann = {a: v for a, v in k.api.get_node(n.name)["metadata"]["annotations"].items() if a.startswith(P)}
