@@ -176,7 +176,11 @@ def test_v6_only_config_ignores_the_ipv4_fields() -> None:
     ({"EnableIPv4": False, "Backend": {"Type": "vxlan"}},
      r"^config enables neither IPv4 nor IPv6 \(EnableIPv4=false, EnableIPv6=false\)$"),
     ({"EnableIPv4": False, "EnableIPv6": True, "Network": "100.64.0.0/16"},
-     r"^please define a correct IPv6Network parameter in the flannel config$"),
+     r"^please define a correct IPv6Network parameter in the flannel config \(EnableIPv6=true, IPv6Network=missing\)$"),
+    ({**V6ONLY, "IPv6Network": "::/0"}, r"\(EnableIPv6=true, IPv6Network='::/0'\)$"),
+    ({"EnableIPv6": True, "IPv6Network": "fd64::/48"},  # EnableIPv4 defaults to true: say how to go IPv6-only
+     r"^please define a correct Network parameter in the flannel config \(EnableIPv4=true, Network=missing; "
+     r"for an IPv6-only network set EnableIPv4=false\)$"),
     ({**V6ONLY, "IPv6Network": "fd64::/126"}, r"IPv6Network is too small.*\(IPv6Network=fd64::/126\)"),
     ({**V6ONLY, "IPv6SubnetLen": 47}, r"IPv6Network=fd64::/48, IPv6SubnetLen=47"),
     ({**V6ONLY, "IPv6Network": "100.64.0.0/16"}, r"config field IPv6Network: invalid CIDR address '100.64.0.0/16'"),
