@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
@@ -71,11 +71,13 @@ def own6(c: Cluster, node: Node) -> IPv6Network:
 
 
 def start(prefix: str, workdir: Path, config: str, wrapper: tuple[str, ...] = (),
-          env: Mapping[str, str] | None = None) -> Cluster:
+          env: Mapping[str, str] | None = None, prepare: Callable[[Cluster], None] | None = None) -> Cluster:
     c = Cluster(prefix=prefix, nodes=3, workdir=workdir)
     try:
         c.up()
         dualstack.enable_lan6(c)
+        if prepare is not None:
+            prepare(c)
         c.start_etcd()
         c.put_config(config)
         for n in c.nodes:
@@ -275,6 +277,19 @@ def test_vxlan_v6_only_restart_after_the_key_expired_reuses_subnet_env(vxlan: Cl
 
 
 # --- host-gw ---------------------------------------------------------------------------------------------------
+DEPRECATED6 = "fd18::91"
+
+
+def deprecated_address_on_n1(c: Cluster) -> None:
+    """A deprecated address (preferred lifetime 0), added after the node's own so it comes first in the
+    kernel's list: flanneld must not publish it (flannel #2293; pyflannel/daemon/iface.py select_v6)."""
+    with IPRoute(netns=c.nodes[0].ns, flags=0) as ipr:
+        (eth,) = ipr.link_lookup(ifname="eth0")
+        ipr.addr("add", index=eth, address=DEPRECATED6, prefixlen=64, flags=dualstack.IFA_F_NODAD,
+                 preferred=0, valid=3600)
+        flags = {a.get("IFA_ADDRESS"): a.get("IFA_FLAGS") or a["flags"] for a in ipr.addr("dump", family=10,
+                                                                                          index=eth)}
+    assert flags[DEPRECATED6] & 0x20, flags  # IFA_F_DEPRECATED
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
     _need()
@@ -283,7 +298,7 @@ def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
         pytest.skip("needs nft (Debian package nftables)")
     prefix = f"p6o{secrets.token_hex(2)}"
     config = HOSTGW_CONFIG.replace('"EnableIPv4"', '"EnableNFTables": true, "EnableIPv4"') if nft else HOSTGW_CONFIG
-    c = start(prefix, tmp_path / "hg", config)
+    c = start(prefix, tmp_path / "hg", config, prepare=deprecated_address_on_n1)
     try:
         assert dualstack.ping6_matrix(c) == []
         raw = raw_leases(c)
@@ -292,6 +307,8 @@ def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
         for key, value in raw.items():
             assert KEY_RE.match(key), key
             assert HOSTGW_LEASE_RE.match(value), value
+        assert sorted(json.loads(v)["PublicIPv6"] for v in raw.values()) == [dualstack.node_ip6(n) for n in c.nodes]
+        assert DEPRECATED6 not in json.dumps(raw)
         for n in c.nodes:
             mine = own6(c, n)
             with IPRoute(netns=n.ns, flags=0) as ipr:
