@@ -68,7 +68,7 @@ class EtcdSubnetManager:
         self._attrs = attrs
         if self.keeper is None:
             self.keeper = LeaseKeeper(self.registry, attrs.public_ip, lambda: self._current_attrs(),
-                                      self.opts.subnet_lease_renew_margin * 60)
+                                      self.opts.subnet_lease_renew_margin * 60, public_ipv6=attrs.public_ipv6)
         return await self.keeper.acquire(self.config, previous.subnet, previous.subnet6)
 
     def _current_attrs(self) -> LeaseAttrs:

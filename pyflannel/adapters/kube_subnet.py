@@ -188,12 +188,20 @@ class KubeSubnetManager:
         assert self.config is not None
         node = await self._wait_for_pod_cidr()
         v4, v6 = k.pod_cidrs(node)
-        if v4 is None:
-            raise k.KubeNodeError(f"node {self.node_name!r}: no IPv4 podCIDR (only {v6}); IPv6-only is not supported")
-        k.check_in_network(self.config, v4, self.node_name)
+        if self.config.ipv6_only:  # EnableIPv4=false: only the IPv6 podCIDR counts, as in flannel
+            if v6 is None:
+                raise k.KubeNodeError(f"node {self.node_name!r}: no IPv6 podCIDR (only {v4}), and the network is "
+                                      "IPv6-only (EnableIPv4=false)")
+            v4 = None
+        elif v4 is None:
+            raise k.KubeNodeError(f"node {self.node_name!r}: no IPv4 podCIDR (only {v6}), and the network has IPv4 "
+                                  "(EnableIPv4=true)")
+        else:
+            k.check_in_network(self.config, v4, self.node_name)
         if self.config.enable_ipv6 and v6 is not None:
             k.check_in_network6(self.config, v6, self.node_name)
-        attrs = self._with_node_public_ip(attrs, node)
+        if not self.config.ipv6_only:
+            attrs = self._with_node_public_ip(attrs, node)
         current = k.node_annotations(node)
         plan = k.plan_publish(current, attrs, self.ann)
         for note in plan.notes:
@@ -212,7 +220,8 @@ class KubeSubnetManager:
             log.info("Node %r: condition NetworkUnavailable=False (FlannelIsUp)", self.node_name)
         lease = Lease(subnet=v4, attrs=attrs, subnet6=v6 if self.config.enable_ipv6 else None)
         if lease != self._lease:
-            log.info("Lease: subnet %s%s from node %r", v4, f" and {v6}" if lease.subnet6 else "", self.node_name)
+            log.info("Lease: subnet %s%s from node %r", lease.name,
+                     f" and {v6}" if lease.subnet is not None and lease.subnet6 else "", self.node_name)
         self._lease = lease
         return lease
 
@@ -299,6 +308,9 @@ class KubeSubnetManager:
     def _enable_ipv6(self) -> bool:
         return bool(self.config and self.config.enable_ipv6)
 
+    def _enable_ipv4(self) -> bool:
+        return self.config is None or self.config.enable_ipv4
+
     def _resync(self, items: list[dict[str, Any]]) -> list[LeaseEvent]:
         self._nodes, self._keys = {}, {}
         leases: list[Lease] = []
@@ -310,7 +322,7 @@ class KubeSubnetManager:
             if not k.is_managed(slim, self.ann):
                 continue
             try:
-                lease = k.node_to_lease(slim, self.ann, self._enable_ipv6())
+                lease = k.node_to_lease(slim, self.ann, self._enable_ipv6(), self._enable_ipv4())
             except (LeaseFormatError, k.KubeNodeError) as e:
                 bad.append(BadLeaseSeen(f"node/{name}", str(e)))
                 continue
@@ -340,7 +352,7 @@ class KubeSubnetManager:
         out: list[LeaseEvent] = []
         old_key = self._keys.get(name)
         try:
-            lease = k.node_to_lease(slim, self.ann, self._enable_ipv6())
+            lease = k.node_to_lease(slim, self.ann, self._enable_ipv6(), self._enable_ipv4())
         except (LeaseFormatError, k.KubeNodeError) as e:
             if old_key:
                 out.append(LeaseRemoved(self._keys.pop(name)))

@@ -1,7 +1,8 @@
 """flannel's keyspace in etcd: the network config and the subnet leases.
 
 This is the only module that knows the key layout (``<prefix>/config``,
-``<prefix>/subnets/<a.b.c.d>-<len>``) and how a lease maps onto an etcd lease. It turns
+``<prefix>/subnets/<a.b.c.d>-<len>[&<v6>-<len6>]``, and ``<prefix>/subnets/<v6>-<len6>`` for an
+IPv6-only lease) and how a lease maps onto an etcd lease. It turns
 etcd key-values into core Lease values and back, and never decides anything itself.
 
 Listing leases does not call TimeToLive per key (flanneld does, twice per key at start-up):
@@ -30,6 +31,38 @@ LEASE_TTL = 86400
 
 class ConfigNotFound(ConfigError):
     """``<prefix>/config`` does not exist under the v3 API."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdLease(Lease):
+    """A Lease as etcd holds it: the etcd lease the key hangs on and the key's revision.
+
+    ``lease_id`` 0 means the key has no etcd lease, which pyflannel treats as a reservation
+    (flannel issue #1329); ``reserved`` is derived from it and never set on its own. These facts
+    stay in this adapter: core sees a plain Lease. Equality compares them too, so a lease put again
+    with only a new revision still counts as a changed value (the peer table re-judges it).
+    """
+
+    lease_id: int = 0
+    mod_revision: int = 0
+
+    @classmethod
+    def make(
+        cls, subnet: IPv4Network | None, attrs: LeaseAttrs, subnet6: IPv6Network | None, lease_id: int,
+        expiration: float | None, mod_revision: int,
+    ) -> EtcdLease:
+        return cls(subnet=subnet, attrs=attrs, subnet6=subnet6, expiration=expiration, reserved=lease_id == 0,
+                   lease_id=lease_id, mod_revision=mod_revision)
+
+
+def etcd_lease_id(lease: Lease) -> int:
+    """The etcd lease behind ``lease``; 0 for a reservation or a lease that did not come from etcd."""
+    return lease.lease_id if isinstance(lease, EtcdLease) else 0
+
+
+def etcd_revision(lease: Lease) -> int:
+    """The mod revision of ``lease``'s key; 0 for a lease that did not come from etcd."""
+    return lease.mod_revision if isinstance(lease, EtcdLease) else 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +95,7 @@ def join(prefix: str, *parts: str) -> str:
     return "/" + "/".join(segs)
 
 
-def decode_lease(kv: KeyValue) -> Lease:
+def decode_lease(kv: KeyValue) -> EtcdLease:
     """A Lease from a subnet key-value; raises LeaseFormatError naming the key."""
     name = kv.key.rsplit("/", 1)[-1]
     try:
@@ -70,7 +103,7 @@ def decode_lease(kv: KeyValue) -> Lease:
         attrs = parse_lease_attrs(kv.value)
     except LeaseFormatError as e:
         raise LeaseFormatError(f"{kv.key}: {e}") from None
-    return Lease(subnet=sn4, subnet6=sn6, attrs=attrs, lease_id=kv.lease, mod_revision=kv.mod_revision)
+    return EtcdLease.make(sn4, attrs, sn6, kv.lease, None, kv.mod_revision)
 
 
 class SubnetRegistry:
@@ -80,7 +113,7 @@ class SubnetRegistry:
         self.config_key = join(prefix, "config")
         self.subnets_prefix = join(prefix, "subnets") + "/"
 
-    def lease_key(self, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> str:
+    def lease_key(self, subnet: IPv4Network | None, subnet6: IPv6Network | None = None) -> str:
         return self.subnets_prefix + make_subnet_key(subnet, subnet6)
 
     async def get_config_text(self) -> str:
@@ -105,10 +138,10 @@ class SubnetRegistry:
         except ConfigError as e:
             raise ConfigError(f"{self.config_key}: {e}") from None
 
-    async def list_leases(self) -> tuple[list[Lease], list[BadLease], int]:
+    async def list_leases(self) -> tuple[list[EtcdLease], list[BadLease], int]:
         """All parsable leases, the unparsable keys, and the revision of the snapshot."""
         res = await self.client.get_prefix(self.subnets_prefix)
-        leases: list[Lease] = []
+        leases: list[EtcdLease] = []
         bad: list[BadLease] = []
         for kv in res.kvs:
             try:
@@ -118,8 +151,8 @@ class SubnetRegistry:
         return leases, bad, res.revision
 
     async def create_lease(
-        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int = LEASE_TTL, subnet6: IPv6Network | None = None
-    ) -> Lease | None:
+        self, subnet: IPv4Network | None, attrs: LeaseAttrs, ttl: int = LEASE_TTL, subnet6: IPv6Network | None = None
+    ) -> EtcdLease | None:
         """Grant an etcd lease and create the key if absent. None if another node won the race."""
         key = self.lease_key(subnet, subnet6)
         lease_id, granted = await self.client.lease_grant(ttl)
@@ -127,25 +160,25 @@ class SubnetRegistry:
         if not ok:
             await self.client.lease_revoke(lease_id)
             return None
-        return Lease(subnet, attrs, subnet6, lease_id, time.time() + granted, rev)
+        return EtcdLease.make(subnet, attrs, subnet6, lease_id, time.time() + granted, rev)
 
-    async def update_lease(self, lease: Lease, attrs: LeaseAttrs, ttl: int = LEASE_TTL) -> Lease:
+    async def update_lease(self, lease: Lease, attrs: LeaseAttrs, ttl: int = LEASE_TTL) -> EtcdLease:
         """Overwrite an existing lease with our attrs. A reservation stays lease-less."""
         key = self.lease_key(lease.subnet, lease.subnet6)
         if lease.reserved:
             rev = await self.client.put(key, attrs.to_json())
-            return Lease(lease.subnet, attrs, lease.subnet6, 0, None, rev)
+            return EtcdLease.make(lease.subnet, attrs, lease.subnet6, 0, None, rev)
         lease_id, granted = await self.client.lease_grant(ttl)
         rev = await self.client.put(key, attrs.to_json(), lease_id)
-        return Lease(lease.subnet, attrs, lease.subnet6, lease_id, time.time() + granted, rev)
+        return EtcdLease.make(lease.subnet, attrs, lease.subnet6, lease_id, time.time() + granted, rev)
 
-    async def rewrite_lease(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
+    async def rewrite_lease(self, lease: EtcdLease, attrs: LeaseAttrs) -> EtcdLease:
         """New attrs on our key, on the etcd lease it already hangs on (so its expiry is unchanged)."""
         key = self.lease_key(lease.subnet, lease.subnet6)
         rev = await self.client.put(key, attrs.to_json(), lease.lease_id)
-        return Lease(lease.subnet, attrs, lease.subnet6, lease.lease_id, lease.expiration, rev)
+        return EtcdLease.make(lease.subnet, attrs, lease.subnet6, lease.lease_id, lease.expiration, rev)
 
-    async def renew_lease(self, lease: Lease, ttl: int = LEASE_TTL) -> Lease | None:
+    async def renew_lease(self, lease: EtcdLease, ttl: int = LEASE_TTL) -> EtcdLease | None:
         """Refresh the etcd lease behind our key. None if it no longer exists.
 
         A keepalive does not touch the key, so peers see no watch event for a renewal.
@@ -156,9 +189,9 @@ class SubnetRegistry:
         if remaining <= 0:
             return None
         expires = time.time() + remaining
-        return Lease(lease.subnet, lease.attrs, lease.subnet6, lease.lease_id, expires, lease.mod_revision)
+        return EtcdLease.make(lease.subnet, lease.attrs, lease.subnet6, lease.lease_id, expires, lease.mod_revision)
 
-    async def delete_lease(self, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> int:
+    async def delete_lease(self, subnet: IPv4Network | None, subnet6: IPv6Network | None = None) -> int:
         return await self.client.delete(self.lease_key(subnet, subnet6))
 
     async def watch(self, start_revision: int) -> AsyncIterator[list[LeaseEvent | ConfigEvent]]:

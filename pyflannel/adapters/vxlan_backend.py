@@ -14,6 +14,10 @@ from), the address ``<v6 subnet IP>/128`` next to the kernel's link-local one, a
 neighbour, FDB entry and route (``core.backends.vxlan.peer_entries``). Its MTU is left to the kernel
 (uplink - 70) unless the Backend sets MTU.
 
+IPv6-only (EnableIPv4=false, etcd mode; issue 13): only ``flannel-v6.<VNI>``, no ``flannel.<VNI>``; the
+lease publishes PublicIP 0.0.0.0 and BackendV6Data only, and FLANNEL_MTU is the v6 device's MTU (uplink
+or Backend MTU - 70), since every pod packet goes through that device.
+
 A device whose MAC was changed by hand (or that was re-created by hand with another MAC)
 would black-hole the node: peers send to the published VtepMAC. ``check_devices`` sets the
 published MAC back on the device instead of publishing the new one: the lease stays as every
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
 from pyflannel.adapters.netlink import Netlink, NetlinkThread, random_vtep_mac
@@ -68,7 +72,7 @@ def ensure_address6(n: Netlink, index: int, address: IPv6Interface) -> list[str]
 class VxlanBackend:
     backend_type = vxlan.BACKEND_TYPE
 
-    def __init__(self, nl: NetlinkThread, backend: dict[str, Any], network: IPv4Network,
+    def __init__(self, nl: NetlinkThread, backend: dict[str, Any], network: IPv4Network | None,
                  stored_mac: str | None = None, network6: IPv6Network | None = None,
                  stored_mac6: str | None = None) -> None:
         try:
@@ -78,7 +82,10 @@ class VxlanBackend:
         self.nl = nl
         self.network = network
         self.stored_mac = stored_mac  # kube mode: the VtepMAC from our own previous backend-data
-        self.device = self.opts.device
+        # The IPv4 device flannel.<VNI>; "" on an IPv6-only network. ``device`` names the main device.
+        self.v4 = network is not None
+        self.device4 = self.opts.device if self.v4 else ""
+        self.device = self.opts.device if self.v4 else self.opts.device6
         self.mac = ""
         self.mtu = 0
         self.link: VxlanLink | None = None
@@ -94,14 +101,17 @@ class VxlanBackend:
         self.dev6_index = 0
 
     async def setup(self, uplink: Uplink) -> None:
-        if uplink.iface_addr is None:
-            raise ConfigError(f"vxlan needs an IPv4 address on {uplink.name}")
-        self.uplink = uplink
         o = self.opts
-        self.mtu = vxlan.mtu_for(uplink.mtu, o)
-        self.link = VxlanLink(o.device, o.vni, uplink.iface_addr, uplink.index, o.port, o.gbp, o.learning,
-                              (o.mtu - 50) if o.mtu else None)
-        await self._ensure_device(self.stored_mac)
+        self.uplink = uplink
+        if self.v4:
+            if uplink.iface_addr is None:
+                raise ConfigError(f"vxlan needs an IPv4 address on {uplink.name}")
+            self.mtu = vxlan.mtu_for(uplink.mtu, o)
+            self.link = VxlanLink(o.device, o.vni, uplink.iface_addr, uplink.index, o.port, o.gbp, o.learning,
+                                  (o.mtu - 50) if o.mtu else None)
+            await self._ensure_device(self.stored_mac)
+        else:
+            self.mtu = (o.mtu or uplink.mtu) - 70  # IPv6-only: the flannel-v6.<VNI> device's MTU
         if self.device6:
             if uplink.iface_addr6 is None:
                 raise ConfigError(f"vxlan with EnableIPv6 needs an IPv6 address on {uplink.name}")
@@ -146,18 +156,29 @@ class VxlanBackend:
         return live.index, live.mac
 
     def lease_attrs(self, uplink: Uplink) -> LeaseAttrs:
-        assert uplink.public_ip is not None
         v6 = bool(self.device6) and uplink.public_ipv6 is not None
+        if not self.v4:  # IPv6-only: Go always writes PublicIP, 0.0.0.0 when there is none
+            return LeaseAttrs(public_ip=IPv4Address(0), backend_type=self.backend_type,
+                              public_ipv6=uplink.public_ipv6 if v6 else None,
+                              backend_v6_data=VxlanData(self.opts.vni, self.mac6).to_json() if v6 else None)
+        assert uplink.public_ip is not None
         return LeaseAttrs(public_ip=uplink.public_ip, backend_type=self.backend_type,
                           public_ipv6=uplink.public_ipv6 if v6 else None,
                           backend_data=VxlanData(self.opts.vni, self.mac).to_json(),
                           backend_v6_data=VxlanData(self.opts.vni, self.mac6).to_json() if v6 else None)
 
+    async def _address4(self, lease: Lease) -> list[str]:
+        if not self.v4:
+            return []
+        if lease.subnet is None:
+            raise ConfigError(f"failed to configure interface {self.device4}: IPv4 is enabled but the lease has no "
+                              "IPv4 subnet")
+        return await self.nl.run(Netlink.ensure_address, self.dev_index,
+                                 IPv4Interface(f"{lease.subnet.network_address}/32"))
+
     async def on_lease(self, lease: Lease) -> None:
-        changes = await self.nl.run(Netlink.ensure_address, self.dev_index,
-                                    IPv4Interface(f"{lease.subnet.network_address}/32"))
-        for c in changes:
-            log.info("%s: %s", self.device, c)
+        for c in await self._address4(lease):
+            log.info("%s: %s", self.device4, c)
         for c in await self._address6(lease):
             log.info("%s: %s", self.device6, c)
 
@@ -172,19 +193,19 @@ class VxlanBackend:
 
     def peer_entries(self, lease: Lease) -> PeerEntries:
         up = self.uplink.name if self.uplink else ""
-        entries, why = vxlan.peer_entries(lease, self.device, self.opts.direct_routing, up, self.onlink, self.device6)
+        entries, why = vxlan.peer_entries(lease, self.device4, self.opts.direct_routing, up, self.onlink, self.device6)
         return PeerEntries(entries, why)
 
     def scope(self) -> Scope:
         up = self.uplink.name if self.uplink else ""
-        devices = (self.device, self.device6) if self.device6 else (self.device,)
+        devices = tuple(d for d in (self.device4, self.device6) if d)
         nets: tuple[IPv4Network | IPv6Network, ...] = ()
         if self.opts.direct_routing:
-            nets = (self.network, self.network6) if self.network6 is not None else (self.network,)
+            nets = tuple(n for n in (self.network, self.network6) if n is not None)
         return Scope(devices, up, nets)
 
     def indexes(self) -> dict[str, int]:
-        out = {self.device: self.dev_index}
+        out = {self.device4: self.dev_index} if self.device4 else {}
         if self.device6:
             out[self.device6] = self.dev6_index
         if self.uplink is not None:
@@ -193,6 +214,16 @@ class VxlanBackend:
 
     async def check_devices(self, lease: Lease) -> list[str]:
         """Re-create a deleted device, put the published VtepMAC back, re-check address and link state."""
+        changed: list[str] = []
+        if self.v4:
+            changed.extend(await self._check_device4(lease))
+        if self.device6:
+            changed.extend(await self._check_device6(lease))
+        if self.opts.direct_routing and self.uplink is not None:
+            self.onlink = await self._onlink()
+        return changed
+
+    async def _check_device4(self, lease: Lease) -> list[str]:
         assert self.link is not None
         changed: list[str] = []
         before = self.dev_index
@@ -205,15 +236,10 @@ class VxlanBackend:
                         live.mac, self.mac)
             await self.nl.run(Netlink.set_mac, live.index, self.mac)
             changed.append(f"set {self.device} MAC back to {self.mac}")
-        changes = await self.nl.run(Netlink.ensure_address, self.dev_index,
-                                    IPv4Interface(f"{lease.subnet.network_address}/32"))
+        changes = await self._address4(lease)
         for c in changes:
             log.info("%s: %s", self.device, c)
         changed.extend(changes)
-        if self.device6:
-            changed.extend(await self._check_device6(lease))
-        if self.opts.direct_routing and self.uplink is not None:
-            self.onlink = await self._onlink()
         return changed
 
     async def _check_device6(self, lease: Lease) -> list[str]:
@@ -256,8 +282,9 @@ def make(host: Any, config: Any, stored_backend_data: str | None = None,
     """Catalog factory. ``stored_backend_data`` / ``stored_backend_v6_data``: our previous BackendData and
     BackendV6Data (kube mode: the Node's backend-data and backend-v6-data), to keep both VtepMACs when the
     devices are gone (e.g. after a reboot), as flannel's GetStoredMacAddresses does."""
-    mac = _stored_mac(stored_backend_data, "backend-data")
-    assert config.network is not None
+    network = config.network if getattr(config, "enable_ipv4", True) else None
     network6 = config.ipv6_network if getattr(config, "enable_ipv6", False) else None
+    assert network is not None or network6 is not None
+    mac = _stored_mac(stored_backend_data, "backend-data") if network is not None else None
     mac6 = _stored_mac(stored_backend_v6_data, "backend-v6-data") if network6 is not None else None
-    return VxlanBackend(host.nl, config.backend, config.network, mac, network6, mac6)
+    return VxlanBackend(host.nl, config.backend, network, mac, network6, mac6)

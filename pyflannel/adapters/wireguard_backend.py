@@ -125,7 +125,8 @@ class WireguardBackend:
     def lease_attrs(self, uplink: Uplink) -> LeaseAttrs:
         v4, v6 = wgcore.lease_data(self.opts, self.public_key)
         return LeaseAttrs(
-            public_ip=uplink.public_ip if uplink.public_ip is not None else IPv4Address(0),
+            # IPv6-only (EnableIPv4=false): PublicIP 0.0.0.0, as Go writes it when there is no IPv4 address.
+            public_ip=uplink.public_ip if uplink.public_ip is not None and self.opts.ipv4 else IPv4Address(0),
             public_ipv6=uplink.public_ipv6 if self.opts.ipv6 else None,
             backend_type=wgcore.BACKEND_TYPE,
             backend_data=v4,
@@ -141,6 +142,8 @@ class WireguardBackend:
         out: list[tuple[str, IPv4Interface | IPv6Interface, IPNetwork]] = []
         for spec in self.specs:
             if spec.v4 and self.config.network is not None:
+                if lease.subnet is None:
+                    raise FlannelError("failed to configure wg interface: IPv4 is enabled but the lease has no IPv4")
                 out.append((spec.name, IPv4Interface((lease.subnet.network_address, 32)), self.config.network))
             if spec.v6 and self.config.ipv6_network is not None:
                 if lease.subnet6 is None:

@@ -222,7 +222,7 @@ def _status(opts: Options, ns: argparse.Namespace) -> int:
         output.emit_json(data)
     else:
         output.emit(status.render(data))
-    return 0 if data["lease"] is not None or data["own_subnet"] else 1
+    return 0 if data["lease"] is not None or data["own_subnet"] or data["own_subnet6"] else 1
 
 
 def _doctor(opts: Options, ns: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ first 100 free. Two departures, both for leases Go would treat worse: a previous
 from subnet.env is kept even when the previous v6 subnet is missing or unusable (Go then
 drops both, so enabling IPv6 renumbers every node), and a lease without a v6 half never
 blocks a v6 candidate (Go's overlap check on an empty IP6Net panics).
+
+IPv6-only (EnableIPv4=false, which Go flanneld cannot do in etcd mode): only the IPv6 subnet is
+chosen, by the same rules, and the node's leases are found by PublicIPv6.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
 
 from pyflannel.core.config import NetworkConfig
@@ -38,13 +41,26 @@ CANDIDATES = 100
 class Choice:
     """What to do: take ``subnet``; ``existing`` is the lease being reused, if any."""
 
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None on an IPv6-only network (EnableIPv4=false)
     existing: Lease | None
     reason: str
     # Leases with our PublicIP that no longer fit the config: flanneld deletes them.
     stale: tuple[Lease, ...] = ()
     # The IPv6 half (EnableIPv6); None for an IPv4-only config.
     subnet6: IPv6Network | None = None
+
+
+def subnet4_fits(config: NetworkConfig, sn: IPv4Network | None) -> bool:
+    """The IPv4 half fits: with IPv4 off (an IPv6-only network) only an absent one does."""
+    if not config.enable_ipv4:
+        return sn is None
+    return sn is not None and config.subnet_fits(sn)
+
+
+def _reserved4_fits(config: NetworkConfig, sn: IPv4Network | None) -> bool:
+    if not config.enable_ipv4:
+        return sn is None
+    return sn is not None and config.network is not None and sn.subnet_of(config.network)
 
 
 def subnet6_fits(config: NetworkConfig, sn6: IPv6Network | None) -> bool:
@@ -84,32 +100,34 @@ def choose_subnet(
     exclude: Iterable[IPv4Network] = (),
     previous6: IPv6Network | None = None,
     exclude6: Iterable[IPv6Network] = (),
+    public_ipv6: IPv6Address | None = None,
 ) -> Choice:
     """Decide which subnet (and, with EnableIPv6, which IPv6 subnet) this node should hold.
 
     ``exclude``/``exclude6`` list subnets that just lost a creation race, so a retry picks others.
+    On an IPv6-only network (EnableIPv4=false) every node publishes PublicIP 0.0.0.0, so our leases
+    are found by ``public_ipv6`` instead, and only an IPv6 subnet is chosen.
     Raises OutOfSubnets when nothing is free (in either family).
     """
-    assert config.network is not None and config.subnet_min is not None and config.subnet_max is not None
+    v4 = config.enable_ipv4
     leases = list(leases)
     stale: list[Lease] = []
-    mine = [le for le in leases if le.attrs.public_ip == public_ip]
+    if v4:
+        mine = [le for le in leases if le.attrs.public_ip == public_ip]
+    else:
+        mine = [le for le in leases if public_ipv6 is not None and le.attrs.public_ipv6 == public_ipv6]
     # A reservation for our IP wins over a dynamic lease; then the lease we held before (a
     # second lease claiming our IP may be an impostor or a leftover); then the first that fits.
-    mine.sort(key=lambda le: (not le.reserved, le.subnet != previous))
+    mine.sort(key=lambda le: (not le.reserved, le.subnet != previous if v4 else le.subnet6 != previous6))
+    owner = public_ip if v4 else public_ipv6
     for le in mine:
-        fits4 = config.subnet_fits(le.subnet) or (le.reserved and le.subnet.subnet_of(config.network))
+        fits4 = subnet4_fits(config, le.subnet) or (le.reserved and _reserved4_fits(config, le.subnet))
         fits6 = subnet6_fits(config, le.subnet6) or (le.reserved and _reserved6_fits(config, le.subnet6))
         if fits4 and fits6:
-            return Choice(le.subnet, le, f"found lease {_both(le.subnet, le.subnet6)} for current IP {public_ip}, "
+            return Choice(le.subnet, le, f"found lease {_both(le.subnet, le.subnet6)} for current IP {owner}, "
                           "reusing", subnet6=le.subnet6)
         if not le.reserved:
             stale.append(le)
-
-    taken = [le.subnet for le in leases if le not in stale]
-    taken.extend(exclude)
-    taken_same = {t for t in taken if t.prefixlen == config.subnet_len}
-    taken_other = [t for t in taken if t.prefixlen != config.subnet_len]
 
     prev6_ok = False
     taken6_same: set[IPv6Network] = set()
@@ -121,6 +139,19 @@ def choose_subnet(
         taken6_other = [t for t in taken6 if t.prefixlen != config.ipv6_subnet_len]
         prev6_ok = (previous6 is not None and subnet6_fits(config, previous6)
                     and _free(previous6, taken6_same, taken6_other))
+
+    if not v4:
+        if prev6_ok:
+            return Choice(None, None, f"reusing previous IPv6 subnet {previous6} from the subnet file", tuple(stale),
+                          previous6)
+        pick6 = _pick6(config, taken6_same, taken6_other, rng)
+        return Choice(None, None, f"allocated new IPv6 subnet {pick6}", tuple(stale), pick6)
+
+    assert config.network is not None and config.subnet_min is not None and config.subnet_max is not None
+    taken = [le.subnet for le in leases if le not in stale and le.subnet is not None]
+    taken.extend(exclude)
+    taken_same = {t for t in taken if t.prefixlen == config.subnet_len}
+    taken_other = [t for t in taken if t.prefixlen != config.subnet_len]
 
     if previous is not None and config.subnet_fits(previous) and _free(previous, taken_same, taken_other):
         if not config.enable_ipv6:
@@ -161,5 +192,7 @@ def _pick_free(candidates: Iterable[N], taken_same: set[N], taken_other: Sequenc
     return free[rng.randrange(len(free))]
 
 
-def _both(sn: IPv4Network, sn6: IPv6Network | None) -> str:
+def _both(sn: IPv4Network | None, sn6: IPv6Network | None) -> str:
+    if sn is None:
+        return str(sn6)
     return str(sn) if sn6 is None else f"{sn} and {sn6}"

@@ -40,6 +40,11 @@ class NetworkConfig:
     # The Backend object as decoded JSON; compared by the fields above, not by this.
     backend: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def ipv6_only(self) -> bool:
+        """EnableIPv4=false, EnableIPv6=true: leases have only an IPv6 subnet (pyflannel only in etcd mode)."""
+        return self.enable_ipv6 and not self.enable_ipv4
+
     def subnet_fits(self, subnet: IPv4Network) -> bool:
         """True if ``subnet`` is one flanneld would hand out under this config."""
         if self.network is None or self.subnet_min is None or self.subnet_max is None:
@@ -151,7 +156,9 @@ def parse_config(text: str | bytes) -> NetworkConfig:
 
     enable_ipv4 = _get_bool(d, "EnableIPv4", True)
     enable_ipv6 = _get_bool(d, "EnableIPv6", False)
-    network = _parse_net4(_get_str(d, "Network"), "Network")
+    network_text = _get_str(d, "Network")
+    network = _parse_net4(network_text, "Network")
+    ipv6_network_text = _get_str(d, "IPv6Network")
     subnet_len = _get_int(d, "SubnetLen")
     subnet_min = _parse_ip4(_get_str(d, "SubnetMin"), "SubnetMin")
     subnet_max = _parse_ip4(_get_str(d, "SubnetMax"), "SubnetMax")
@@ -179,8 +186,20 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     if not enable_ipv4 and not enable_ipv6:
         raise ConfigError("config enables neither IPv4 nor IPv6 (EnableIPv4=false, EnableIPv6=false)")
 
+    if enable_ipv4 and network is None:
+        # flannel's message, then what was found (and, with an IPv6Network, the way to an IPv6-only network)
+        hint = "; for an IPv6-only network set EnableIPv4=false" if ipv6_network is not None else ""
+        raise ConfigError("please define a correct Network parameter in the flannel config "
+                          f"(EnableIPv4=true, Network={_shown(network_text)}{hint})")
+    if enable_ipv6 and ipv6_network is None:
+        raise ConfigError("please define a correct IPv6Network parameter in the flannel config "
+                          f"(EnableIPv6=true, IPv6Network={_shown(ipv6_network_text)})")
     if enable_ipv4:
         network, subnet_len, subnet_min, subnet_max = _check_v4(network, subnet_len, subnet_min, subnet_max)
+    else:
+        # An IPv6-only network (issue 13): flanneld ignores the IPv4 fields, and so does everything here, so no
+        # code can act on a Network that is not in use. ``ignored_ipv4_fields`` keeps the names for a warning.
+        network, subnet_len, subnet_min, subnet_max = None, 0, None, None
     if enable_ipv6:
         ipv6_network, ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max = _check_v6(
             ipv6_network, ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max
@@ -200,6 +219,11 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         enable_nftables=None if d.get("enablenftables") is None else _get_bool(d, "EnableNFTables", False),
         backend=backend,
     )
+
+
+def _shown(text: str | None) -> str:
+    """A network field's value for an error: missing, or as given (``0.0.0.0/0`` and ``::/0`` count as empty)."""
+    return "missing" if not text else shorten(text)
 
 
 def _check_v4(

@@ -18,22 +18,27 @@ from pyflannel.core.errors import LeaseFormatError, shorten
 # octet: a key that Go accepts must not be rejected here.
 # Go's \d is ASCII-only and its $ matches only at the very end (Python's also before a final "\n").
 _SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?\Z", re.ASCII)
+# pyflannel's IPv6-only key (EnableIPv4=false, issue 13): the v6 half of a dual-stack key on its own,
+# the whole last path element. Go's regex requires the v4 part, so Go flanneld ignores these keys.
+_SUBNET6_KEY_RE = re.compile(r"(?:\A|/)([a-f\d]*:[a-f\d:]*)-(\d+)\Z", re.ASCII)
 # Longer than any valid key ("255.255.255.255-32&" + 39 characters of IPv6 + "-128" is 62).
 _KEY_TAIL = 80
 
 
-def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
+def parse_subnet_key(key: str) -> tuple[IPv4Network | None, IPv6Network | None]:
     """Parse the last path element of a lease key (or the whole key) into subnets.
 
-    Keys come from etcd, where anyone with write access to the prefix can put any string, so
-    this must stay fast and raise nothing but LeaseFormatError on any input.
+    Three forms: ``<v4>-<len>``, ``<v4>-<len>&<v6>-<len6>`` (flanneld's) and ``<v6>-<len6>`` (an
+    IPv6-only lease); at least one subnet is returned. Keys come from etcd, where anyone with write
+    access to the prefix can put any string, so this must stay fast and raise nothing but
+    LeaseFormatError on any input.
     """
     # The unescaped '.' in flanneld's regex makes Python's backtracking matcher cubic on long runs
     # of digits (a 3000-digit key took seconds; etcd allows 1.5 MB). A match must end at the end of
     # the key and a valid one is at most 62 characters, so only the tail can hold one.
     m = _SUBNET_KEY_RE.search(key[-_KEY_TAIL:])
     if m is None:
-        raise LeaseFormatError(f"bad subnet key {shorten(key)}")
+        return None, _parse_subnet6_key(key)
     # Go parses the prefix with strconv.ParseUint(.., 5) / (.., 7): at most 31 / 127. Compare the
     # digits before int(): int() refuses strings of more than 4300 digits with a plain ValueError.
     if _too_big(m.group(2), 31) or (m.group(4) is not None and _too_big(m.group(4), 127)):
@@ -48,17 +53,33 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     return sn4, sn6
 
 
+def _parse_subnet6_key(key: str) -> IPv6Network:
+    m = _SUBNET6_KEY_RE.search(key[-_KEY_TAIL:])
+    # A valid v6 key is at most 43 characters; a tail that long without a "/" before it is not one.
+    if m is None or (m.start() == 0 and len(key) > _KEY_TAIL):
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}")
+    if _too_big(m.group(2), 127):
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}: prefix length out of range")
+    try:
+        return IPv6Network(f"{m.group(1)}/{m.group(2)}", strict=True)
+    except ValueError as e:
+        raise LeaseFormatError(f"bad subnet key {shorten(key)}: {e}") from None
+
+
 def _too_big(digits: str, limit: int) -> bool:
     digits = digits.lstrip("0")
     return len(digits) > 3 or int(digits or "0") > limit
 
 
-def make_subnet_key(sn4: IPv4Network, sn6: IPv6Network | None = None) -> str:
-    """The last path element of a lease key: ``100.64.67.0-24[&<v6>-<len>]``."""
+def make_subnet_key(sn4: IPv4Network | None, sn6: IPv6Network | None = None) -> str:
+    """The last path element of a lease key: ``100.64.67.0-24[&<v6>-<len>]``, or ``<v6>-<len>`` (IPv6-only)."""
+    key6 = "" if sn6 is None else f"{go_ip6_text(sn6.network_address)}-{sn6.prefixlen}"
+    if sn4 is None:
+        if not key6:
+            raise LeaseFormatError("a subnet key needs an IPv4 or an IPv6 subnet")
+        return key6
     key = f"{sn4.network_address}-{sn4.prefixlen}"
-    if sn6 is not None:
-        key += f"&{go_ip6_text(sn6.network_address)}-{sn6.prefixlen}"
-    return key
+    return key + "&" + key6 if key6 else key
 
 
 def go_ip6_text(ip: IPv6Address) -> str:

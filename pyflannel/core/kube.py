@@ -223,21 +223,28 @@ def _json_annotation(text: str | None, what: str, name: str) -> str | None:
     return None if value is None else _compact(value)
 
 
-def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool = False) -> Lease:
+def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool = False,
+                  enable_ipv4: bool = True) -> Lease:
     """A peer's lease from its Node (flannel's nodeToLease). Raises LeaseFormatError or KubeNodeError.
 
-    Kube leases have no TTL: ``lease_id`` 0 and no expiration.
+    Kube leases have no TTL: no expiration (and they are not reservations). With ``enable_ipv4`` false
+    (an IPv6-only network) the IPv4 annotations and podCIDR are not read, as flannel does not read them:
+    the lease has PublicIP 0.0.0.0 and only the IPv6 subnet.
     """
     name = node_name(node)
     a = node_annotations(node)
-    pub = a.get(ann.public_ip, "")
-    try:
-        public_ip = IPv4Address(pub)
-    except ValueError:
-        raise LeaseFormatError(f"node {_q(name)}: bad {ann.public_ip} annotation {shorten(pub)}") from None
     v4, v6 = pod_cidrs(node)
-    if v4 is None:
-        raise KubeNodeError(f"node {_q(name)}: missing IPv4 address on n.Spec.PodCIDRs")
+    public_ip = IPv4Address(0)
+    if enable_ipv4:
+        pub = a.get(ann.public_ip, "")
+        try:
+            public_ip = IPv4Address(pub)
+        except ValueError:
+            raise LeaseFormatError(f"node {_q(name)}: bad {ann.public_ip} annotation {shorten(pub)}") from None
+        if v4 is None:
+            raise KubeNodeError(f"node {_q(name)}: missing IPv4 address on n.Spec.PodCIDRs")
+    else:
+        v4 = None
     public_ipv6: IPv6Address | None = None
     data6: str | None = None
     subnet6: IPv6Network | None = None
@@ -255,7 +262,7 @@ def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool =
         public_ip=public_ip,
         public_ipv6=public_ipv6,
         backend_type=a.get(ann.backend_type, ""),
-        backend_data=_json_annotation(a.get(ann.backend_data), ann.backend_data, name),
+        backend_data=_json_annotation(a.get(ann.backend_data), ann.backend_data, name) if enable_ipv4 else None,
         backend_v6_data=data6,
     )
     return Lease(subnet=v4, attrs=attrs, subnet6=subnet6)

@@ -178,24 +178,60 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One subnet lease as seen in etcd.
+    """One subnet lease: the subnet(s) a node holds and what it published for them.
 
-    ``lease_id`` is the etcd lease the key is attached to; 0 means the key has none, which
-    pyflannel treats as a reservation (flannel issue #1329). ``expiration`` is a unix time,
-    or None for a reservation.
+    Only domain facts live here; how a store keeps the lease (an etcd lease id, a revision) is the
+    store adapter's business (``pyflannel/adapters/registry.py`` ``EtcdLease``). ``reserved``
+    marks a reservation: an operator-written key that never expires (flannel issue #1329).
+    ``expiration`` is a unix time, or None when the lease does not expire.
+
+    ``subnet`` (IPv4) is None on an IPv6-only network (EnableIPv4=false, issue 13), ``subnet6`` is None
+    without IPv6; at least one is set. Code that does not care which family should use ``subnets``,
+    ``name`` and ``order`` rather than ``subnet``.
     """
 
-    subnet: IPv4Network
+    subnet: IPv4Network | None
     attrs: LeaseAttrs
     subnet6: IPv6Network | None = None
-    lease_id: int = 0
     expiration: float | None = None
-    mod_revision: int = 0
+    reserved: bool = False
+
+    def __post_init__(self) -> None:
+        if self.subnet is None and self.subnet6 is None:
+            raise LeaseFormatError("a lease needs an IPv4 or an IPv6 subnet (subnet=None, subnet6=None)")
 
     @property
     def key_name(self) -> str:
         return make_subnet_key(self.subnet, self.subnet6)
 
     @property
-    def reserved(self) -> bool:
-        return self.lease_id == 0
+    def subnets(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The subnets present, IPv4 first."""
+        if self.subnet is None:
+            assert self.subnet6 is not None
+            return (self.subnet6,)
+        return (self.subnet,) if self.subnet6 is None else (self.subnet, self.subnet6)
+
+    @property
+    def primary(self) -> IPv4Network | IPv6Network:
+        """The subnet that names the lease in logs and tables: IPv4, or IPv6 on an IPv6-only network."""
+        return self.subnets[0]
+
+    @property
+    def name(self) -> str:
+        """``100.64.5.0/24`` (also for a dual-stack lease, as flanneld logs it) or ``fd64:0:0:5::/64``."""
+        return str(self.primary)
+
+    @property
+    def order(self) -> tuple[int, int, int, str]:
+        """A stable sort key: IPv4 leases by subnet first, then IPv6-only ones by v6 subnet."""
+        p = self.primary
+        return (p.version, int(p.network_address), p.prefixlen, self.key_name)
+
+    @property
+    def owner_ip(self) -> IPv4Address | IPv6Address:
+        """The address that identifies the node: PublicIP, or PublicIPv6 on an IPv6-only lease (PublicIP 0.0.0.0)."""
+        a = self.attrs
+        if self.subnet is None and a.public_ipv6 is not None:
+            return a.public_ipv6
+        return a.public_ip

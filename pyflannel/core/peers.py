@@ -143,11 +143,8 @@ class PeerTable:
 
     # --- per-lease checks -------------------------------------------------------------------
 
-    def _subnets(self, le: Lease) -> list[Net]:
-        out: list[Net] = [le.subnet]
-        if le.subnet6 is not None:
-            out.append(le.subnet6)
-        return out
+    def _subnets(self, le: Lease) -> tuple[Net, ...]:
+        return le.subnets
 
     def _check(self, key: str, le: Lease) -> str | None:
         """None: skip silently; "": passes (and is a candidate); else the reason it is refused."""
@@ -199,14 +196,18 @@ class PeerTable:
         pub = le.attrs.public_ip
         if own is not None and pub == own.attrs.public_ip and int(pub) != 0:
             return f"PublicIP {pub} is our own"
+        pub6 = le.attrs.public_ipv6
+        if own is not None and int(pub) == 0 and pub6 is not None and pub6 == own.attrs.public_ipv6:
+            return f"PublicIPv6 {pub6} is our own"
         v6_only = int(pub) == 0 and le.attrs.public_ipv6 is not None  # an IPv6-only node publishes 0.0.0.0
         if (int(pub) == 0 or pub.is_multicast or pub.is_loopback) and not v6_only:
             return f"PublicIP {pub} is not a unicast host address"
         return ""
 
-    def _priority(self, key: str) -> tuple[int, int, int, str]:
-        sn = self.leases[key].subnet
-        return (0 if sn.prefixlen == self.prefer_len else 1, int(sn.network_address), sn.prefixlen, key)
+    def _priority(self, key: str) -> tuple[int, int, int, int, str]:
+        # The primary subnet: IPv4, or IPv6 for an IPv6-only lease (``prefer_len`` is then the IPv6SubnetLen).
+        sn = self.leases[key].primary
+        return (0 if sn.prefixlen == self.prefer_len else 1, sn.version, int(sn.network_address), sn.prefixlen, key)
 
     # --- index ------------------------------------------------------------------------------
 
@@ -320,7 +321,7 @@ class PeerTable:
         mine = self._priority(key)
         for other in self._overlapping(le):
             if other != key and other in self._candidate and self._priority(other) < mine:
-                return Verdict(rejected=f"subnet {le.subnet} overlaps peer {self.leases[other].subnet}")
+                return Verdict(rejected=f"subnet {le.name} overlaps peer {self.leases[other].name}")
         return Verdict(self._candidate[key])
 
     # --- reading ----------------------------------------------------------------------------

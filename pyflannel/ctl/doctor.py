@@ -72,6 +72,9 @@ def check_config(f: NodeFacts, opts: Any) -> Check:
         return Check("config", "warn", f"backend {f.config.backend_type!r}: pyflannel nodes run "
                      + ", ".join(SUPPORTED), "flannelctl config set with \"Backend\": {\"Type\": \"vxlan\"}")
     v6 = f", IPv6Network {f.config.ipv6_network}" if f.ipv6 else ""
+    if f.config.ipv6_only:
+        return Check("config", "ok", f"IPv6-only (EnableIPv4=false): IPv6Network {f.config.ipv6_network}, "
+                     f"IPv6SubnetLen {f.config.ipv6_subnet_len}, backend {f.config.backend_type}")
     return Check("config", "ok", f"Network {f.config.network}, SubnetLen {f.config.subnet_len}{v6}, "
                  f"backend {f.config.backend_type}")
 
@@ -155,8 +158,8 @@ def check_device(f: NodeFacts, opts: Any) -> Check:
     if sub is not None and f"{sub.network_address}/32" not in d.addresses:
         problems.append(f"lacks address {sub.network_address}/32 (has {', '.join(d.addresses) or 'none'})")
     if f.own is not None:
-        try:
-            mac = f.own.attrs.vxlan_data().vtep_mac
+        try:  # an IPv6-only lease publishes only BackendV6Data (its device is flannel-v6.<VNI>)
+            mac = (f.own.attrs.vxlan_v6_data() if f.own.subnet is None else f.own.attrs.vxlan_data()).vtep_mac
         except ValueError:
             mac = None
         if mac and mac != d.mac.lower():
@@ -190,15 +193,15 @@ def check_lease(f: NodeFacts, opts: Any) -> Check:
         return Check("lease", "fail", f"no lease in etcd for this node: {where}",
                      "start flanneld; it acquires a lease and writes the subnet file")
     if f.own.reserved:
-        return Check("lease", "ok", f"{f.own.subnet} reserved for {f.own.attrs.public_ip} (no TTL)")
+        return Check("lease", "ok", f"{f.own.name} reserved for {f.own.owner_ip} (no TTL)")
     if f.own_ttl is None or f.own_ttl < 0:
-        return Check("lease", "fail", f"the etcd lease behind {f.own.subnet} is gone",
+        return Check("lease", "fail", f"the etcd lease behind {f.own.name} is gone",
                      "flanneld re-acquires it; if it is not running, start it")
     margin = 60 * int(getattr(opts, "subnet_lease_renew_margin", 60))
     if f.own_ttl < margin:
-        return Check("lease", "warn", f"{f.own.subnet} expires in {f.own_ttl}s, inside the renew margin",
+        return Check("lease", "warn", f"{f.own.name} expires in {f.own_ttl}s, inside the renew margin",
                      "flanneld should have renewed it: is it running and can it reach etcd?")
-    return Check("lease", "ok", f"{f.own.subnet} for {f.own.attrs.public_ip}, expires in {f.own_ttl}s")
+    return Check("lease", "ok", f"{f.own.name} for {f.own.owner_ip}, expires in {f.own_ttl}s")
 
 
 def check_peers_kernel(f: NodeFacts, opts: Any) -> Check:
@@ -219,7 +222,7 @@ def check_peers_reachable(f: NodeFacts, opts: Any) -> Check:
     port = (f.device.port if f.device and f.device.port else 8472)
     bad = []
     for p in f.peers:
-        ip = str(p.lease.attrs.public_ip)
+        ip = str(p.lease.owner_ip)
         oif, dev = f.peer_routes.get(ip, (None, None))
         if oif is None:
             bad.append(f"no route to {ip}")
@@ -241,7 +244,7 @@ def check_duplicate_ips(f: NodeFacts, opts: Any) -> Check:
         return Check("duplicate_public_ip", "skip", f"etcd: {f.etcd_error}")
     by_ip: dict[str, list[str]] = defaultdict(list)
     for le in f.leases:
-        by_ip[str(le.attrs.public_ip)].append(str(le.subnet))
+        by_ip[str(le.owner_ip)].append(le.name)  # PublicIPv6 on an IPv6-only network (PublicIP is 0.0.0.0)
     dups = {ip: subs for ip, subs in by_ip.items() if len(subs) > 1}
     if dups:
         text = "; ".join(f"{ip} holds {', '.join(sorted(s))}" for ip, s in sorted(dups.items()))
@@ -282,7 +285,8 @@ FirewallMode = Literal["iptables", "nftables", "both", "none", "unknown"]
 
 def active_firewall(f: NodeFacts) -> FirewallMode:
     """Which mode's rules the kernel holds: flannel's iptables chains, its nftables tables, both or none."""
-    ipt = f":{MASQ_CHAIN} " in f.iptables.get("nat", "") or f":{FWD_CHAIN} " in f.iptables.get("filter", "")
+    ipt = any(f":{MASQ_CHAIN} " in t.get("nat", "") or f":{FWD_CHAIN} " in t.get("filter", "")
+              for t in (f.iptables, f.ip6tables))  # an IPv6-only network has only ip6tables chains
     nft = any(v is not None for v in f.nftables.values())
     if ipt and nft:
         return "both"
@@ -472,7 +476,7 @@ def check_daemon(f: NodeFacts, opts: Any) -> Check:
 
 
 def _peer_name(le: Any) -> str:
-    return f"{le.subnet} ({le.attrs.public_ip})"
+    return f"{le.name} ({le.owner_ip})"
 
 
 def check_hostgw_l2(f: NodeFacts, opts: Any) -> Check:
@@ -503,7 +507,7 @@ def check_hostgw_l2(f: NodeFacts, opts: Any) -> Check:
                 why.append(f"route get {gw} gives" + (f" via {lk.gateway}" if lk.gateway else "")
                            + f" dev {lk.dev or lk.oif}, not on-link on {up.name}")
             if why:
-                bad.append(f"peer {p.lease.subnet} ({gw}): " + "; ".join(why))
+                bad.append(f"peer {p.lease.name} ({gw}): " + "; ".join(why))
     if bad:
         return Check("hostgw_l2", "fail", f"{len(bad)} peer(s) not on {up.name}'s L2: " + "; ".join(bad[:3]),
                      "host-gw needs every node on one L2 segment (no router between them); use vxlan or "
@@ -540,7 +544,7 @@ def check_hostgw_routes(f: NodeFacts, opts: Any) -> Check:
     if f.own is None or f.uplink is None or f.config is None:
         return Check("hostgw_routes", "skip", "needs the lease, the config and the uplink")
     missing, stale = hostgw_drift(f)
-    rejected = [f"{p.lease.subnet}: {p.rejected}" for p in f.hostgw_peers if p.rejected]
+    rejected = [f"{p.lease.name}: {p.rejected}" for p in f.hostgw_peers if p.rejected]
     if missing or stale:
         d = [f"missing {x}" for x in missing] + [f"stale {x}" for x in stale]
         more = f" (+{len(d) - 3} more)" if len(d) > 3 else ""
@@ -628,7 +632,7 @@ def check_wg_public_key(f: NodeFacts, opts: Any) -> Check:
     dev_keys = {d.name: d.status.public_key for d in f.wg_devices if d.status is not None}
     problems = []
     if not published:
-        problems.append(f"the lease {f.own.subnet} publishes no PublicKey")
+        problems.append(f"the lease {f.own.name} publishes no PublicKey")
     for p in sorted(set(published)):
         if p != k.public_key:
             problems.append(f"the lease publishes PublicKey {p or '(invalid)'} but key file {k.path} holds the key "
@@ -709,7 +713,7 @@ def check_wg_handshake(f: NodeFacts, opts: Any) -> Check:
     if not devs or f.own is None:
         return Check("wg_handshake", "skip", "needs the lease and a WireGuard device that answers")
     leases = _peer_by_key(f)
-    us = str(f.own.attrs.public_ip)
+    us = str(f.own.owner_ip)  # PublicIPv6 on an IPv6-only network
     never, old, fresh = [], [], 0
     for d in devs:
         for p in d.status.peers:
@@ -801,14 +805,18 @@ WIREGUARD_CHECKS: tuple[Callable[[NodeFacts, Any], Check], ...] = (
 IPV6_CHECKS: dict[Callable[[NodeFacts, Any], Check], Callable[[NodeFacts, Any], Check]] = {
     check_ip_forward: check_ipv6_forwarding, check_masquerade: check_ipv6_rules,
 }  # each runs right after its key
+# Not run on an IPv6-only network (EnableIPv4=false): there is no IPv4 Network, subnet or rule to check.
+IPV4_ONLY_CHECKS = frozenset({check_ip_forward, check_network_overlap, check_forward, check_masquerade})
 
 
 def checks_for(f: NodeFacts) -> list[Callable[[NodeFacts, Any], Check]]:
     """The checks that apply to this node's backend (and IPv6 config); the others are not run or printed."""
     base = {hostgw.BACKEND_TYPE: HOSTGW_CHECKS, wgcore.BACKEND_TYPE: WIREGUARD_CHECKS}.get(f.backend, VXLAN_CHECKS)
     out = []
+    v6_only = f.config is not None and f.config.ipv6_only
     for c in base:
-        out.append(c)
+        if not (v6_only and c in IPV4_ONLY_CHECKS):
+            out.append(c)
         if f.ipv6 and c in IPV6_CHECKS:
             out.append(IPV6_CHECKS[c])
     return out

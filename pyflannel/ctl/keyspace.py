@@ -17,12 +17,14 @@ import base64
 import json
 import logging
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyflannel.adapters.etcd import EtcdClient, TLSConfig
-from pyflannel.adapters.registry import BadLease, SubnetRegistry
+from pyflannel.adapters.registry import BadLease, EtcdLease, SubnetRegistry
+from pyflannel.core.allocate import subnet4_fits, subnet6_fits
 from pyflannel.core.backends import vxlan
+from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.config import NetworkConfig, check_backend_type, parse_config
 from pyflannel.core.errors import ConfigError, FlannelError, LeaseFormatError
 from pyflannel.core.flags import Options
@@ -67,6 +69,9 @@ def describe_config(cfg: NetworkConfig) -> dict[str, Any]:
     if cfg.enable_ipv6:
         out.update({"IPv6Network": str(cfg.ipv6_network), "IPv6SubnetLen": cfg.ipv6_subnet_len,
                     "IPv6SubnetMin": str(cfg.ipv6_subnet_min), "IPv6SubnetMax": str(cfg.ipv6_subnet_max)})
+        if cfg.ipv6_subnet_min is not None and cfg.ipv6_subnet_max is not None:
+            size6 = 1 << (128 - cfg.ipv6_subnet_len)
+            out["IPv6Subnets"] = (int(cfg.ipv6_subnet_max) - int(cfg.ipv6_subnet_min)) // size6 + 1
     out["BackendType"] = cfg.backend_type
     out["Backend"] = cfg.backend
     return out
@@ -74,6 +79,10 @@ def describe_config(cfg: NetworkConfig) -> dict[str, Any]:
 
 def summary_line(cfg: NetworkConfig) -> str:
     d = describe_config(cfg)
+    if cfg.ipv6_only:
+        return (f"IPv6-only (EnableIPv4=false): IPv6Network {d['IPv6Network']}, IPv6SubnetLen {d['IPv6SubnetLen']}, "
+                f"IPv6SubnetMin {d['IPv6SubnetMin']}, IPv6SubnetMax {d['IPv6SubnetMax']} "
+                f"({d.get('IPv6Subnets', 0)} subnets), backend {d['BackendType']}")
     return (f"Network {d['Network']}, SubnetLen {d['SubnetLen']}, SubnetMin {d['SubnetMin']}, "
             f"SubnetMax {d['SubnetMax']} ({d.get('Subnets', 0)} subnets), backend {d['BackendType']}")
 
@@ -85,6 +94,8 @@ def validate_text(text: str, source: str) -> NetworkConfig:
         check_backend_type(cfg)
         if cfg.backend_type == vxlan.BACKEND_TYPE:
             vxlan.parse_options(cfg.backend)
+        elif cfg.backend_type == wgcore.BACKEND_TYPE:  # Mode against EnableIPv4/EnableIPv6, as the node checks it
+            wgcore.parse_options(cfg.backend, ipv4=cfg.enable_ipv4, ipv6=cfg.enable_ipv6)
     except ConfigError as e:
         raise CtlError(f"{source}: invalid config: {e}") from None
     return cfg
@@ -96,8 +107,9 @@ def support_warnings(cfg: NetworkConfig) -> list[str]:
     if cfg.backend_type not in ("vxlan", "host-gw", "wireguard"):
         out.append(f"backend type {cfg.backend_type!r} is valid for Go flanneld, but pyflannel nodes run only "
                    "vxlan, host-gw and wireguard")
-    if cfg.enable_ipv6 and not cfg.enable_ipv4:
-        out.append("an IPv6-only network is not supported by pyflannel nodes yet (dual-stack is)")
+    if cfg.ipv6_only:
+        out.append("an IPv6-only network (EnableIPv4=false) works for pyflannel nodes only: Go flanneld cannot run "
+                   "IPv6-only in etcd mode and ignores their lease keys (docs/backends.md)")
     return out
 
 
@@ -129,9 +141,10 @@ async def config_set(reg: SubnetRegistry, text: str, source: str) -> tuple[Netwo
     if v2:
         warnings.append(v2 + "; writing it under v3 now")
     leases, _bad, _rev = await reg.list_leases()
-    misfits = [le for le in leases if not le.reserved and not cfg.subnet_fits(le.subnet)]
+    misfits = [le for le in leases if not le.reserved and not (
+        subnet4_fits(cfg, le.subnet) and (not cfg.ipv6_only or subnet6_fits(cfg, le.subnet6)))]
     if misfits:
-        warnings.append(f"{len(misfits)} existing lease(s) do not fit the new config (e.g. {misfits[0].subnet}); "
+        warnings.append(f"{len(misfits)} existing lease(s) do not fit the new config (e.g. {misfits[0].name}); "
                         "their nodes take a new subnet when flanneld restarts")
     rev = await reg.client.put(reg.config_key, text)
     return cfg, rev, warnings
@@ -143,13 +156,16 @@ async def config_set(reg: SubnetRegistry, text: str, source: str) -> tuple[Netwo
 @dataclass(frozen=True)
 class LeaseRow:
     key: str
-    lease: Lease
+    lease: EtcdLease
     ttl: int | None  # seconds left; None for a reservation; -1 if the etcd lease is gone
     granted: int | None
 
     @property
     def vtep_mac(self) -> str | None:
+        """The VtepMAC of flannel.<VNI>, or of flannel-v6.<VNI> for an IPv6-only lease."""
         try:
+            if self.lease.subnet is None:
+                return self.lease.attrs.vxlan_v6_data().vtep_mac
             return self.lease.attrs.vxlan_data().vtep_mac
         except LeaseFormatError:
             return None
@@ -167,11 +183,13 @@ class LeaseRow:
         a = self.lease.attrs
         return {
             "key": self.key,
-            "subnet": str(self.lease.subnet),
+            "subnet": str(self.lease.subnet) if self.lease.subnet is not None else None,
+            "subnet6": str(self.lease.subnet6) if self.lease.subnet6 is not None else None,
             "public_ip": str(a.public_ip),
             "public_ipv6": str(a.public_ipv6) if a.public_ipv6 else None,
             "backend_type": a.backend_type or None,
             "backend_data": json.loads(a.backend_data) if a.backend_data else None,
+            "backend_v6_data": json.loads(a.backend_v6_data) if a.backend_v6_data else None,
             "vtep_mac": self.vtep_mac,
             "lease_id": self.lease.lease_id,
             "lease_id_hex": f"{self.lease.lease_id:x}" if self.lease.lease_id else None,
@@ -182,7 +200,7 @@ class LeaseRow:
         }
 
 
-async def lease_ttls(client: EtcdClient, leases: list[Lease]) -> dict[int, tuple[int, int]]:
+async def lease_ttls(client: EtcdClient, leases: list[EtcdLease]) -> dict[int, tuple[int, int]]:
     """TimeToLive of every distinct etcd lease behind the keys, a few at a time."""
     sem = asyncio.Semaphore(TTL_CONCURRENCY)
 
@@ -198,14 +216,14 @@ async def lease_rows(reg: SubnetRegistry) -> tuple[list[LeaseRow], list[BadLease
     leases, bad, _rev = await reg.list_leases()
     ttls = await lease_ttls(reg.client, leases)
     rows = []
-    for le in sorted(leases, key=lambda x: (x.subnet, x.key_name)):
+    for le in sorted(leases, key=lambda x: x.order):
         ttl, granted = ttls.get(le.lease_id, (None, None)) if le.lease_id else (None, None)
         rows.append(LeaseRow(reg.lease_key(le.subnet, le.subnet6), le, ttl, granted))
     return rows, bad
 
 
 def lease_table_rows(rows: list[LeaseRow]) -> list[list[str]]:
-    return [[str(r.lease.subnet), str(r.lease.attrs.public_ip), r.lease.attrs.backend_type or "-",
+    return [[r.lease.name, str(r.lease.owner_ip), r.lease.attrs.backend_type or "-",
              r.vtep_mac or "-", r.expires_in(), "yes" if r.lease.reserved else "no"] for r in rows]
 
 
@@ -215,57 +233,98 @@ LEASE_HEADERS = ("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN", "RE
 # --- reservations ------------------------------------------------------------------------
 
 
-def parse_subnet(text: str) -> IPv4Network:
-    """``100.64.5.0/24`` or the key form ``100.64.5.0-24``; host bits must be zero."""
+Subnet = IPv4Network | IPv6Network
+
+
+def parse_subnet(text: str) -> Subnet:
+    """``100.64.5.0/24`` or the key form ``100.64.5.0-24``; on an IPv6-only network ``fd64:0:0:5::/64`` or
+    ``fd64:0:0:5::-64``. Host bits must be zero."""
     s = text.strip().rsplit("/", 1)[-1] if "subnets/" in text else text.strip()
     if "/" not in s and s.count("-") == 1:
         s = s.replace("-", "/")
     try:
-        return IPv4Network(s, strict=True)
+        return IPv6Network(s, strict=True) if ":" in s else IPv4Network(s, strict=True)
     except ValueError as e:
         raise CtlError(f"invalid subnet {text!r}: {e}") from None
 
 
-def parse_public_ip(text: str) -> IPv4Address:
+def parse_public_ip(text: str) -> IPv4Address | IPv6Address:
+    """The node's PublicIP, or its PublicIPv6 for a reservation on an IPv6-only network."""
     try:
-        ip = IPv4Address(text)
+        ip: IPv4Address | IPv6Address = IPv6Address(text) if ":" in text else IPv4Address(text)
     except ValueError:
-        raise CtlError(f"--public-ip: invalid IPv4 address {text!r}") from None
-    if int(ip) == 0 or ip.is_multicast or ip.is_loopback:
+        raise CtlError(f"--public-ip: invalid IP address {text!r}") from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
         raise CtlError(f"--public-ip: {ip} is not a unicast host address")
     return ip
 
 
-def check_reservation(cfg: NetworkConfig, subnet: IPv4Network, ip: IPv4Address, leases: list[Lease]) -> list[str]:
+def _family_checks(cfg: NetworkConfig, subnet: Subnet, ip: IPv4Address | IPv6Address) -> None:
+    if cfg.ipv6_only and subnet.version == 4:
+        raise CtlError(f"reserve: {subnet} is an IPv4 subnet, but the network is IPv6-only (EnableIPv4=false); "
+                       "reserve an IPv6 subnet of the IPv6Network")
+    if not cfg.ipv6_only and subnet.version == 6:
+        raise CtlError(f"reserve: an IPv6 subnet alone ({subnet}) can be reserved only on an IPv6-only network "
+                       "(EnableIPv4=false)")
+    if ip.version != subnet.version:
+        what = "the node's PublicIPv6" if subnet.version == 6 else "the node's IPv4 PublicIP"
+        raise CtlError(f"reserve: --public-ip {ip} must be {what} for the subnet {subnet}")
+
+
+def _held(le: Lease, subnet: Subnet) -> Subnet | None:
+    """The lease's subnet of ``subnet``'s family, if it has one."""
+    return le.subnet if subnet.version == 4 else le.subnet6
+
+
+def check_reservation(cfg: NetworkConfig, subnet: Subnet, ip: IPv4Address | IPv6Address,
+                      leases: list[EtcdLease]) -> list[str]:
     """Refuse (CtlError) what no node could use; return warnings for what is odd but allowed."""
-    assert cfg.network is not None
-    if not subnet.subnet_of(cfg.network):
-        raise CtlError(f"reserve: {subnet} is outside the Network {cfg.network}")
-    if subnet.prefixlen != cfg.subnet_len:
-        raise CtlError(f"reserve: {subnet} is not a /{cfg.subnet_len} subnet (the config's SubnetLen)")
+    _family_checks(cfg, subnet, ip)
+    if isinstance(subnet, IPv6Network):
+        net6, slen = cfg.ipv6_network, cfg.ipv6_subnet_len
+        assert net6 is not None
+        if not subnet.subnet_of(net6):
+            raise CtlError(f"reserve: {subnet} is outside the IPv6Network {net6}")
+        if subnet.prefixlen != slen:
+            raise CtlError(f"reserve: {subnet} is not a /{slen} subnet (the config's IPv6SubnetLen)")
+        fits = subnet6_fits(cfg, subnet)
+        span = f"IPv6SubnetMin..IPv6SubnetMax ({cfg.ipv6_subnet_min}..{cfg.ipv6_subnet_max})"
+    else:
+        assert cfg.network is not None
+        if not subnet.subnet_of(cfg.network):
+            raise CtlError(f"reserve: {subnet} is outside the Network {cfg.network}")
+        if subnet.prefixlen != cfg.subnet_len:
+            raise CtlError(f"reserve: {subnet} is not a /{cfg.subnet_len} subnet (the config's SubnetLen)")
+        fits = cfg.subnet_fits(subnet)
+        span = f"SubnetMin..SubnetMax ({cfg.subnet_min}..{cfg.subnet_max})"
     for le in leases:
-        if le.subnet.overlaps(subnet) and le.attrs.public_ip != ip:
+        held = _held(le, subnet)
+        if held is not None and held.overlaps(subnet) and le.owner_ip != ip:  # type: ignore[arg-type]
             kind = "reservation" if le.reserved else "lease"
-            raise CtlError(f"reserve: {subnet} overlaps the {kind} {le.subnet} of {le.attrs.public_ip}")
+            raise CtlError(f"reserve: {subnet} overlaps the {kind} {held} of {le.owner_ip}")
     warnings = []
-    if not cfg.subnet_fits(subnet):
-        warnings.append(f"{subnet} is outside SubnetMin..SubnetMax ({cfg.subnet_min}..{cfg.subnet_max}); "
+    if not fits:
+        warnings.append(f"{subnet} is outside {span}; "
                         "nodes never allocate it, but the reservation is honoured")
     for le in leases:
-        if le.attrs.public_ip == ip and le.subnet != subnet:
-            warnings.append(f"{ip} also holds {'reservation' if le.reserved else 'lease'} {le.subnet}; a pyflannel "
+        if le.owner_ip == ip and _held(le, subnet) != subnet:
+            warnings.append(f"{ip} also holds {'reservation' if le.reserved else 'lease'} {le.name}; a pyflannel "
                             "node prefers the reservation at its next start, the old key stays until deleted or "
                             "expired")
     return warnings
 
 
-async def reserve(reg: SubnetRegistry, subnet: IPv4Network, ip: IPv4Address) -> tuple[str, list[str]]:
+def _key_for(reg: SubnetRegistry, subnet: Subnet) -> str:
+    return reg.lease_key(None, subnet) if isinstance(subnet, IPv6Network) else reg.lease_key(subnet)
+
+
+async def reserve(reg: SubnetRegistry, subnet: Subnet, ip: IPv4Address | IPv6Address) -> tuple[str, list[str]]:
     """Write the reservation. Returns (what was done, warnings)."""
     cfg = await reg.get_config()
     leases, _bad, _rev = await reg.list_leases()
     warnings = check_reservation(cfg, subnet, ip, leases)
-    key = reg.lease_key(subnet)
-    same = next((le for le in leases if le.subnet == subnet), None)
+    key = _key_for(reg, subnet)
+    same = next((le for le in leases if le.subnets == (subnet,)), None)
     if same is not None and same.reserved:
         return f"{subnet} is already reserved for {ip} (nothing changed)", warnings
     if same is not None:
@@ -281,14 +340,17 @@ async def reserve(reg: SubnetRegistry, subnet: IPv4Network, ip: IPv4Address) -> 
         await reg.client.lease_revoke(same.lease_id)
         return (f"converted the lease {subnet} of {ip} into a reservation (etcd lease {same.lease_id:x} revoked, "
                 "attributes kept)"), warnings
-    ok, _ = await reg.client.create(key, LeaseAttrs(public_ip=ip).to_json())
+    # An IPv6-only node publishes PublicIP 0.0.0.0 and is known by its PublicIPv6.
+    attrs = (LeaseAttrs(public_ip=IPv4Address(0), public_ipv6=ip) if isinstance(ip, IPv6Address)
+             else LeaseAttrs(public_ip=ip))
+    ok, _ = await reg.client.create(key, attrs.to_json())
     if not ok:
         raise CtlError(f"reserve: {key} was created by someone else meanwhile; run the command again")
     return f"reserved {subnet} for {ip} ({key}, no TTL)", warnings
 
 
-async def unreserve(reg: SubnetRegistry, subnet: IPv4Network) -> str:
-    key = reg.lease_key(subnet)
+async def unreserve(reg: SubnetRegistry, subnet: Subnet) -> str:
+    key = _key_for(reg, subnet)
     kv = await reg.client.get(key)
     if kv is None:
         raise CtlError(f"unreserve: no reservation for {subnet} ({key} does not exist)")
@@ -304,7 +366,8 @@ async def unreserve(reg: SubnetRegistry, subnet: IPv4Network) -> str:
     if not res.get("succeeded"):
         raise CtlError(f"unreserve: {key} changed while it was being removed; run the command again")
     try:
-        who = str(json.loads(kv.value).get("PublicIP", "?"))
+        val = json.loads(kv.value)
+        who = str(val.get("PublicIPv6") if isinstance(subnet, IPv6Network) else val.get("PublicIP", "?"))
     except (ValueError, AttributeError):
         who = "?"
     return (f"removed the reservation {subnet} of {who}; if that node runs pyflannel it takes the subnet again as a "

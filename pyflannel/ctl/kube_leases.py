@@ -87,17 +87,24 @@ def row_of(node: Mapping[str, Any], ann: k.Annotations) -> NodeRow:
     a = k.node_annotations(node)
     try:
         v4, v6 = k.pod_cidrs(node)
-        subnet, subnet6, error = (str(v4) if v4 else ""), (str(v6) if v6 else ""), ""
+        v6_only = v4 is None and v6 is not None
+        # the IPv4 podCIDR, or the IPv6 one on a node that has only that (an IPv6-only network); subnet6 is
+        # the second family of a dual-stack node
+        subnet = str(v4) if v4 else str(v6) if v6 else ""
+        subnet6, error = (str(v6) if v6 and v4 else ""), ""
     except k.KubeNodeError as e:
-        subnet, subnet6, error = "", "", str(e)
+        subnet, subnet6, error, v6_only = "", "", str(e), False
     cond = k.network_condition(node)
     btype = a.get(ann.backend_type, "")
     d4, port, e4 = _decode(btype, a.get(ann.backend_data, ""), "backend-data")
     d6, port6, e6 = _decode(btype, a.get(ann.backend_v6_data, ""), "backend-v6-data")
     wg = btype == wgcore.BACKEND_TYPE
+    pub = a.get(ann.public_ip, "")
+    if v6_only:
+        pub = a.get(ann.public_ipv6, "") or pub
     return NodeRow(
-        name=k.node_name(node), subnet=subnet, public_ip=a.get(ann.public_ip, ""), backend=btype,
-        vtep_mac=d4 if btype == "vxlan" else "", managed=k.is_managed(node, ann),
+        name=k.node_name(node), subnet=subnet, public_ip=pub, backend=btype,
+        vtep_mac=(d4 or (d6 if v6_only else "")) if btype == "vxlan" else "", managed=k.is_managed(node, ann),
         condition=f"{cond.get('status')}/{cond.get('reason')}" if cond else "", error=error,
         subnet6=subnet6, public_ipv6=a.get(ann.public_ipv6, ""), vtep_mac6=d6 if btype == "vxlan" else "",
         public_key=d4 if wg else "", public_key6=d6 if wg else "", wg_port=(port or port6) if wg else 0,
@@ -419,13 +426,17 @@ async def doctor(opts: Any, env: Mapping[str, str], as_json: bool) -> int:
         detail, cidr_level = row.subnet, "ok"
         if net is not None:
             try:
-                k.check_in_network(net, IPv4Network(row.subnet), row.name)
+                if ":" in row.subnet:
+                    k.check_in_network6(net, IPv6Network(row.subnet), row.name)
+                else:
+                    k.check_in_network(net, IPv4Network(row.subnet), row.name)
             except k.KubeNodeError as e:
                 detail, cidr_level = str(e), "fail"
         checks.append(Check("pod cidr", "fail" if cidr_level == "fail" else "ok", detail,
                             "make --cluster-cidr and net-conf.json's Network agree"))
     v6 = net is not None and net.enable_ipv6
-    if v6 and net is not None:
+    dual = v6 and net is not None and net.enable_ipv4  # the second-family checks; IPv6-only has one family
+    if dual and net is not None:
         checks += _v6_checks(row, data["nodes"], net)
     checks.append(_backend_check(row, data["nodes"], net))
     ann_ok = row.managed and row.public_ip and (row.public_ipv6 or not v6)
@@ -444,12 +455,15 @@ async def doctor(opts: Any, env: Mapping[str, str], as_json: bool) -> int:
         except SubnetEnvError as e:
             sn4 = sn6 = None
             se_err = str(e)
-        same = bool(row.subnet) and sn4 is not None and str(sn4) == row.subnet
-        detail = se_err or f"FLANNEL_SUBNET={se.get('FLANNEL_SUBNET')}"
-        if v6:
+        v6_row = ":" in row.subnet  # an IPv6-only node: its one subnet is the IPv6 one
+        got = sn6 if v6_row else sn4
+        key = "FLANNEL_IPV6_SUBNET" if v6_row else "FLANNEL_SUBNET"
+        same = bool(row.subnet) and got is not None and str(got) == row.subnet
+        detail = se_err or f"{key}={se.get(key)}"
+        if dual:
             same = same and bool(row.subnet6) and sn6 is not None and str(sn6) == row.subnet6
             detail += f" FLANNEL_IPV6_SUBNET={se.get('FLANNEL_IPV6_SUBNET') or '-'}"
-        want = row.subnet + (f" and {row.subnet6 or '(no IPv6 podCIDR)'}" if v6 else "")
+        want = row.subnet + (f" and {row.subnet6 or '(no IPv6 podCIDR)'}" if dual else "")
         checks.append(Check("subnet.env", "ok" if same else "fail", detail,
                             f"should be inside the podCIDR {want}; restart flanneld"))
     # What the backend needs on this node's kernel: etcd mode's checks on the same facts.

@@ -42,7 +42,7 @@ from typing import Any
 
 from pyflannel.adapters.etcd import EtcdClient, EtcdError
 from pyflannel.adapters.netlink import DataplaneError, LinkInfo, Netlink
-from pyflannel.adapters.registry import BadLease, SubnetRegistry
+from pyflannel.adapters.registry import BadLease, EtcdLease, SubnetRegistry
 from pyflannel.core.backends import hostgw, vxlan
 from pyflannel.core.backends import wireguard as wgcore
 from pyflannel.core.config import NetworkConfig
@@ -136,10 +136,10 @@ class NodeFacts:
     config: NetworkConfig | None = None
     config_error: str | None = None
     vopts: vxlan.VxlanOptions | None = None
-    leases: list[Lease] = field(default_factory=list)
+    leases: list[EtcdLease] = field(default_factory=list)
     bad_leases: list[BadLease] = field(default_factory=list)
     etcd_error: str | None = None
-    own: Lease | None = None
+    own: EtcdLease | None = None
     own_ttl: int | None = None
     endpoints: list[EndpointHealth] = field(default_factory=list)
     # kernel
@@ -228,7 +228,7 @@ class NodeFacts:
     @property
     def device_name(self) -> str:
         if self.vopts is not None:
-            return self.vopts.device
+            return self.vopts.device6 if self.config is not None and self.config.ipv6_only else self.vopts.device
         if self.backend == wgcore.BACKEND_TYPE:
             return wgcore.DEVICE
         return str((self.status or {}).get("device") or "flannel.1")
@@ -314,11 +314,15 @@ async def read_etcd(facts: NodeFacts, opts: Options) -> None:
         except EtcdError as e:
             facts.etcd_error = str(e)
             return
-        mine = facts.own_subnet
-        facts.own = next((le for le in facts.leases if le.subnet == mine), None)
-        if facts.own is not None and facts.own.lease_id:
+        mine, mine6 = facts.own_subnet, facts.own_subnet6
+        if mine is not None:
+            facts.own = next((le for le in facts.leases if le.subnet == mine), None)
+        elif mine6 is not None and facts.config is not None and facts.config.ipv6_only:
+            facts.own = next((le for le in facts.leases if le.subnet is None and le.subnet6 == mine6), None)
+        own_id = 0 if facts.own is None else facts.own.lease_id
+        if own_id:
             with contextlib.suppress(EtcdError):
-                facts.own_ttl, _ = await client.lease_ttl(facts.own.lease_id)
+                facts.own_ttl, _ = await client.lease_ttl(own_id)
 
 
 # --- kernel ------------------------------------------------------------------------------
@@ -448,6 +452,9 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
     if facts.backend == wgcore.BACKEND_TYPE:
         read_wg_links(facts, nl)
         return
+    if facts.device is not None and facts.config is not None and facts.config.ipv6_only:
+        read_vxlan_v6_only(facts, nl)
+        return
     if facts.device is None or facts.config is None or facts.config.network is None:
         return
     dev, up = facts.device, facts.uplink
@@ -499,6 +506,44 @@ def read_vxlan6(facts: NodeFacts, nl: Netlink) -> None:
     facts.actual6 = PeerState(routes, neighs, fdbs)
 
 
+def read_vxlan_v6_only(facts: NodeFacts, nl: Netlink) -> None:
+    """vxlan on an IPv6-only network: ``flannel-v6.<VNI>``'s routes, permanent neighbours and FDB entries, and
+    what the leases call for (the daemon's ``vxlan.peer_entries``; overlapping leases are not weeded out)."""
+    dev = facts.device
+    assert dev is not None
+    routes = {Route(IPv6Network(f"{r.get('RTA_DST')}/{r['dst_len']}"), IPv6Address(r.get("RTA_GATEWAY")), dev.name,
+                    onlink=bool(r["flags"] & 4))
+              for r in nl.ipr.route("dump", family=socket.AF_INET6, table=254, oif=dev.index)
+              if r.get("RTA_GATEWAY") and r.get("RTA_DST")}
+    neighs = {Neigh(IPv6Address(n.get("NDA_DST")), str(n.get("NDA_LLADDR")).lower(), dev.name)
+              for n in nl.ipr.neigh("dump", family=socket.AF_INET6, ifindex=dev.index)
+              if n["state"] & 0x80 and n.get("NDA_DST") and n.get("NDA_LLADDR")}
+    fdbs = {Fdb(str(n.get("NDA_LLADDR")).lower(), ip_address(n.get("NDA_DST")), dev.name)
+            for n in nl.ipr.fdb("dump", ifindex=dev.index) if n.get("NDA_DST") and n.get("NDA_LLADDR")}
+    facts.actual = PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+    if facts.own is None:
+        return
+    want: list[Route | Neigh | Fdb] = []
+    for le in facts.leases:
+        if le.subnets == facts.own.subnets or le.attrs.backend_type != vxlan.BACKEND_TYPE:
+            continue
+        entries, why = vxlan.peer_entries(le, "", device6=dev.name)
+        if why:
+            facts.rejected.append(vxlan.Rejected(le.key_name, why))
+            continue
+        if le.attrs.public_ipv6 == facts.own.attrs.public_ipv6:
+            facts.rejected.append(vxlan.Rejected(le.key_name, f"PublicIPv6 {le.attrs.public_ipv6} is our own"))
+            continue
+        facts.peers.append(vxlan.Peer(le, le.attrs.vxlan_v6_data().vtep_mac))
+        want.extend(entries)
+    facts.desired = PeerState(frozenset(e for e in want if isinstance(e, Route)),
+                              frozenset(e for e in want if isinstance(e, Neigh)),
+                              frozenset(e for e in want if isinstance(e, Fdb)))
+    for p in facts.peers:
+        lk = lookup(nl, facts, p.lease.owner_ip)
+        facts.peer_routes[str(p.lease.owner_ip)] = (lk.oif, lk.dev)
+
+
 def lookup(nl: Netlink, facts: NodeFacts, ip: IPv4Address | IPv6Address) -> RouteLookup:
     """``ip route get <ip>``: the out interface and the gateway, if any."""
     try:
@@ -529,7 +574,7 @@ def read_hostgw(facts: NodeFacts, nl: Netlink) -> None:
         return
     opts = hostgw.HostGwOptions(ipv4=facts.config.enable_ipv4, ipv6=facts.config.enable_ipv6)
     for le in facts.leases:
-        if le.subnet == facts.own.subnet:
+        if le.subnets == facts.own.subnets:
             continue
         # No ``onlink``: a gateway off the uplink's L2 is what doctor reports, so it is not filtered here.
         pr = hostgw.peer_routes(le, up.name, opts, own=facts.own)
@@ -597,12 +642,12 @@ def read_wireguard(facts: NodeFacts) -> None:
         if facts.own.attrs.backend_data:
             own_key = wgcore.parse_data(facts.own.attrs.backend_data).public_key
     for le in facts.leases:
-        if le.subnet == facts.own.subnet:
+        if le.subnets == facts.own.subnets:
             continue
         r = wgcore.peer_entries(le, facts.wg_opts, own_key=own_key, own_public_ip=facts.own.attrs.public_ip,
                                 own_public_ipv6=facts.own.attrs.public_ipv6)
         if r.rejected:
-            facts.wg_rejected.append((str(le.subnet), r.rejected))
+            facts.wg_rejected.append((le.name, r.rejected))
         facts.wg_desired.extend(r.peers)
 
 

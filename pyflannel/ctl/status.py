@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyflannel.adapters.registry import etcd_lease_id
 from pyflannel.core.model import Entry, Route
 from pyflannel.core.plan import describe
 from pyflannel.ctl.node import NodeFacts
@@ -66,7 +67,7 @@ def hostgw_rows(f: NodeFacts) -> list[dict[str, Any]]:
                   and any(x.version == rt.via.version and rt.via in x for x in f.uplink_prefixes))
             l2.append(on)
         rows.append({
-            "subnet": str(p.lease.subnet),
+            "subnet": str(p.lease.subnet) if p.lease.subnet else None,
             "subnet6": str(p.lease.subnet6) if p.lease.subnet6 else None,
             "public_ip": str(p.lease.attrs.public_ip),
             "public_ipv6": str(p.lease.attrs.public_ipv6) if p.lease.attrs.public_ipv6 else None,
@@ -91,8 +92,8 @@ def wg_rows(f: NodeFacts) -> list[dict[str, Any]]:
         le = subnet_of.get(w.allowed_ips[0]) if w.allowed_ips else None
         hs = st.last_handshake_sec if st else 0
         rows.append({
-            "subnet": str(le.subnet) if le else w.allowed_ips[0],
-            "public_ip": str(le.attrs.public_ip) if le else "",
+            "subnet": le.name if le else w.allowed_ips[0],
+            "public_ip": str(le.owner_ip) if le else "",
             "device": w.dev,
             "public_key": w.public_key,
             "configured": st is not None,
@@ -117,15 +118,18 @@ def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
     actual6 = set(f.actual6.entries()) if f.actual6 else set()
     rows = []
     for p in f.peers:
-        want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
+        if p.lease.subnet is None:  # IPv6-only: the flannel-v6.<VNI> entries
+            want = list(vxlan.peer_entries(p.lease, "", device6=f.device_name)[0]) if f.desired else []
+        else:
+            want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
         missing = sorted(describe(e).split(" ", 1)[0] for e in want if e not in actual)
         row: dict[str, Any] = {
-            "subnet": str(p.lease.subnet),
-            "public_ip": str(p.lease.attrs.public_ip),
+            "subnet": p.lease.name,
+            "public_ip": str(p.lease.owner_ip),
             "vtep_mac": p.vtep_mac,
             "kernel": "unknown" if f.desired is None else ("missing " + ", ".join(missing) if missing else "ok"),
         }
-        if f.ipv6:  # dual stack: the same for flannel-v6.<VNI>
+        if f.ipv6 and p.lease.subnet is not None:  # dual stack: the same for flannel-v6.<VNI>
             want6 = [e for e in vxlan.peer_entries(p.lease, f.device_name, device6=dev6)[0] if e.dev == dev6] \
                 if dev6 else []
             missing6 = sorted(describe(e).split(" ", 1)[0] for e in want6 if e not in actual6)
@@ -175,6 +179,8 @@ def mtu_report(f: NodeFacts) -> dict[str, Any]:
     up = f.uplink.mtu if f.uplink else None
     backend = f.backend if f.backend in OVERHEAD else "vxlan"
     overhead = OVERHEAD[backend]
+    if backend == "vxlan" and f.config is not None and f.config.ipv6_only:
+        overhead = 70  # flannel-v6.<VNI> only: the outer header is IPv6 (docs/backends.md, IPv6-only networks)
     if backend == "host-gw":
         dev_name, dev = None, None
         base = up
@@ -189,7 +195,7 @@ def mtu_report(f: NodeFacts) -> dict[str, Any]:
     env_raw = (f.env or {}).get("FLANNEL_MTU")
     env = int(env_raw) if env_raw and env_raw.isdigit() else None
     expected = base - overhead if base else None
-    header = {"vxlan": f"{VXLAN_OVERHEAD}-byte VXLAN header", "wireguard": f"{overhead}-byte WireGuard overhead",
+    header = {"vxlan": f"{overhead}-byte VXLAN header", "wireguard": f"{overhead}-byte WireGuard overhead",
               "host-gw": ""}[backend]
     problems = []
     if dev is not None and env is not None and dev != env:
@@ -232,8 +238,8 @@ def lease_report(f: NodeFacts) -> dict[str, Any] | None:
     if f.own is None:
         return None
     exp = f.now + f.own_ttl if f.own_ttl is not None and f.own_ttl >= 0 else None
-    return {"subnet": str(f.own.subnet), "public_ip": str(f.own.attrs.public_ip), "reserved": f.own.reserved,
-            "lease_id": f.own.lease_id, "ttl_seconds": f.own_ttl, "expires_at": exp}
+    return {"subnet": f.own.name, "public_ip": str(f.own.owner_ip), "reserved": f.own.reserved,
+            "lease_id": etcd_lease_id(f.own), "ttl_seconds": f.own_ttl, "expires_at": exp}
 
 
 def backend_report(f: NodeFacts) -> dict[str, Any]:
@@ -255,6 +261,7 @@ def status_data(f: NodeFacts) -> dict[str, Any]:
         "errors": [e for e in (f.env_error, f.etcd_error, f.config_error, f.kernel_error) if e],
         "lease": lease_report(f),
         "own_subnet": str(f.own_subnet) if f.own_subnet else None,
+        "own_subnet6": str(f.own_subnet6) if f.own_subnet6 else None,
         "daemon": daemon_report(f),
         "peers": {"etcd": _etcd_peers(f), "kernel": kernel_peer_count(f), "rows": peer_rows(f),
                   "rejected": _rejected(f), "drift": drift(f)},
@@ -273,7 +280,7 @@ def _etcd_peers(f: NodeFacts) -> int:
 
 def _rejected(f: NodeFacts) -> list[dict[str, str]]:
     if f.backend == "host-gw":
-        return [{"key": str(p.lease.subnet), "reason": p.rejected} for p in f.hostgw_peers if p.rejected]
+        return [{"key": p.lease.name, "reason": p.rejected} for p in f.hostgw_peers if p.rejected]
     if f.backend == "wireguard":
         return [{"key": s, "reason": r} for s, r in f.wg_rejected]
     return [{"key": r.key, "reason": r.reason} for r in f.rejected]
@@ -282,7 +289,7 @@ def _rejected(f: NodeFacts) -> list[dict[str, str]]:
 def _lease_line(d: dict[str, Any]) -> str:
     lease = d["lease"]
     if lease is None:
-        sub = d["own_subnet"]
+        sub = d["own_subnet"] or d.get("own_subnet6")
         return f"none in etcd for {sub} (from {d['subnet_file']})" if sub else "unknown (no subnet file)"
     head = f"{lease['subnet']}, PublicIP {lease['public_ip']}, "
     if lease["reserved"]:

@@ -439,7 +439,7 @@ class Daemon:
         assert self.table is not None and self.reconciler is not None
         old, self.lease = self.lease, lease
         if old is not None and (old.subnet, old.subnet6) != (lease.subnet, lease.subnet6):
-            log.warning("Subnet changed from %s to %s", old.subnet, lease.subnet)
+            log.warning("Subnet changed from %s to %s", old.name, lease.name)
             self._rules_wake.set()
             self.reconciler.mark(self.table.set_own(lease))
             self.reconciler.request_full("own lease changed")
@@ -462,10 +462,13 @@ class Daemon:
         opts = self.opts
 
         want6 = self.config is not None and self.config.enable_ipv6
+        v6_only = self.config is not None and self.config.ipv6_only
 
         def pick(n: Any) -> Uplink:
             from pyflannel.daemon.iface import read_v6_addrs, select_v6, usable_v6
 
+            if v6_only:  # the link may have no IPv4 address; PublicIP is not published (issue 13)
+                return pick6(n)
             up = select_uplink(n.links(), n.default_route_oif(), n.route_get, opts.iface, opts.iface_regex,
                                opts.iface_can_reach, opts.public_ip)
             nets: list[IPv4Network | IPv6Network] = [a.network for a in up.link.addrs]
@@ -480,6 +483,19 @@ class Daemon:
                             if usable_v6(a) and not a.ip.is_link_local)
             return Uplink(up.link.name, up.link.index, up.link.mtu, up.iface_addr, up.public_ip,
                           addr6, pub6, tuple(nets))
+
+        def pick6(n: Any) -> Uplink:
+            from pyflannel.daemon.iface import default_route_oif6, read_v6_addrs, select_uplink6, select_v6, usable_v6
+
+            link = select_uplink6(n.links(), read_v6_addrs, default_route_oif6(), n.default_route_oif(), opts.iface,
+                                  opts.iface_regex, opts.public_ipv6, opts.iface_can_reach)
+            addrs6 = read_v6_addrs(link.index)
+            addr6, pub6 = select_v6(addrs6, link.name, opts.public_ipv6)
+            log.info("Using interface with name %s and v6 address %s (IPv6-only network)", link.name, addr6)
+            nets: list[IPv4Network | IPv6Network] = [a.network for a in link.addrs]
+            nets.extend(IPv6Network(f"{a.ip}/{a.prefixlen}", strict=False) for a in addrs6
+                        if usable_v6(a) and not a.ip.is_link_local)
+            return Uplink(link.name, link.index, link.mtu, None, None, addr6, pub6, tuple(nets))
 
         return await self.dataplane.query(pick)
 
@@ -516,7 +532,7 @@ class Daemon:
             pe = backend.peer_entries(le)
             return pe.entries, pe.rejected
 
-        self.table = PeerTable(networks, protected, lease.subnet.prefixlen, backend.backend_type, entries_for, lease)
+        self.table = PeerTable(networks, protected, lease.primary.prefixlen, backend.backend_type, entries_for, lease)
         self.reconciler = Reconciler(backend, self.dataplane, self.table, lambda: self.lease, self.after_pass,
                                      self.rng)
         if self.rules_wanted():
@@ -544,7 +560,7 @@ class Daemon:
         gc.freeze()
         if sdnotify.notify("READY=1"):
             log.info("Notified systemd: READY=1")
-        log.info("Running: lease %s, %d peers", self.lease.subnet if self.lease else "-",
+        log.info("Running: lease %s, %d peers", self.lease.name if self.lease else "-",
                  self.reconciler.stats.desired_peers)
 
     async def main(self) -> int:

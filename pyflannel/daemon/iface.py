@@ -111,6 +111,78 @@ def select_uplink(
     return Uplink(link, addr, pub or addr)
 
 
+def select_uplink6(
+    links: Sequence[LinkInfo],
+    addrs6: Callable[[int], Sequence[Addr6]],
+    default_oif6: int | None,
+    default_oif: int | None,
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
+    public_ipv6: str = "",
+    iface_can_reach: str = "",
+) -> LinkInfo:
+    """The uplink on an IPv6-only network (EnableIPv4=false), where the link may have no IPv4 address.
+
+    flanneld's order with IPv6 in place of IPv4: with none of -iface/-iface-regex, the interface that owns
+    -public-ipv6, else the IPv6 default-route interface (the IPv4 one if there is no IPv6 default route).
+    Otherwise each -iface (an IPv6 or IPv4 address, or a name), then each -iface-regex (against every
+    usable IPv6 address, then every name). The address itself is chosen by :func:`select_v6`.
+    """
+    if iface_can_reach:
+        raise InterfaceError(f"-iface-can-reach {iface_can_reach}: not supported on an IPv6-only network "
+                             "(EnableIPv4=false); use -iface or -iface-regex")
+
+    def owner6(ip: IPv6Address) -> LinkInfo | None:
+        return next((lk for lk in links if any(a.ip == ip for a in addrs6(lk.index))), None)
+
+    link: LinkInfo | None = None
+    if not iface and not iface_regex:
+        if public_ipv6:
+            try:
+                pub = IPv6Address(public_ipv6)
+            except ValueError:
+                raise InterfaceError(f"-public-ipv6: not an IPv6 address: {public_ipv6!r}") from None
+            link = owner6(pub)
+            if link is None:
+                raise InterfaceError(f"Failed to find any valid interface to use: no interface owns -public-ipv6 {pub} "
+                                     "(behind NAT also pass -iface)")
+        else:
+            oif = default_oif6 if default_oif6 is not None else default_oif
+            link = next((lk for lk in links if lk.index == oif), None)
+            if link is None:
+                raise InterfaceError("Failed to find any valid interface to use: no IPv6 default route interface found")
+    else:
+        for name in iface:
+            try:
+                ip6 = IPv6Address(name)
+            except ValueError:
+                try:
+                    link = _owner(links, IPv4Address(name))
+                except ValueError:
+                    link = next((lk for lk in links if lk.name == name), None)
+            else:
+                link = owner6(ip6)
+            if link is not None:
+                break
+        if link is None:
+            for rx in iface_regex:
+                pat = re.compile(rx)
+                link = next((lk for lk in links
+                             if any(usable_v6(a) and pat.match(str(a.ip)) for a in addrs6(lk.index))), None)
+                if link is None:
+                    link = next((lk for lk in links if lk.name and pat.match(lk.name)), None)
+                if link is not None:
+                    break
+        if link is None:
+            raise InterfaceError(
+                "Failed to find interface to use that matches the interfaces and/or regexes provided "
+                f"(iface={list(iface)}, iface-regex={list(iface_regex)})"
+            )
+    if link.mtu == 0:
+        raise InterfaceError(f"Failed to determine MTU for {link.name} interface")
+    return link
+
+
 # --- IPv6 address selection -------------------------------------------------------------------------
 # flannel #2293/#2295: a node published a temporary (privacy) IPv6 address as PublicIPv6; when it
 # expired the peers lost the node. Candidates here are never temporary, deprecated, tentative or
@@ -165,6 +237,20 @@ def select_v6(addrs: Sequence[Addr6], link_name: str, public_ipv6: str = "") -> 
         return addr, pub
     log.info("Defaulting external v6 address to interface address (%s)", addr)
     return addr, addr
+
+
+def default_route_oif6() -> int | None:
+    """The interface of the first IPv6 default route in the main table (current namespace), or None."""
+    import socket
+
+    from pyflannel.adapters.lazy_pyroute2 import import_iproute
+
+    iproute, _ = import_iproute()
+    with iproute() as ipr:
+        for r in ipr.route("dump", family=socket.AF_INET6, table=254):
+            if r["dst_len"] == 0 and r.get("RTA_OIF"):
+                return int(r.get("RTA_OIF"))
+    return None
 
 
 def read_v6_addrs(index: int) -> list[Addr6]:

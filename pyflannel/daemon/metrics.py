@@ -171,7 +171,8 @@ def readiness_problems(daemon: Any, now: float | None = None) -> list[str]:
         if "no subnet lease" not in missing:
             missing.insert(0, "no subnet lease")
     elif lease.expiration is not None and lease.expiration <= now:
-        missing.insert(0, f"subnet lease {lease.subnet} expired {now - lease.expiration:.0f}s ago")
+        missing.insert(0, f"subnet lease {getattr(lease, 'name', lease.subnet)} expired "
+                          f"{now - lease.expiration:.0f}s ago")
     sm = getattr(daemon, "subnet_manager", None)
     if lease is not None and sm is not None and getattr(sm, "in_sync", True) is False:
         # The peer view may be stale: the lease watch (etcd) or the Node watch (Kubernetes) is not live.
@@ -200,9 +201,10 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
         "pid": os.getpid(),
         "updated": round(now, 3),
         "lease": None if lease is None else {
-            "subnet": str(lease.subnet),
+            "subnet": None if lease.subnet is None else str(lease.subnet),  # None: an IPv6-only lease
+            "subnet6": None if getattr(lease, "subnet6", None) is None else str(lease.subnet6),
             "public_ip": str(lease.attrs.public_ip),
-            "lease_id": lease.lease_id,
+            "lease_id": getattr(lease, "lease_id", 0),  # etcd mode only (adapters/registry.py EtcdLease)
             "expiration": lease.expiration,
             "reserved": lease.reserved,
         },

@@ -234,7 +234,7 @@ def test_unwritable_subnet_file_is_retried(cluster_factory: Callable[..., Cluste
 
 def _vx_lease(subnet: str, public_ip: str, mac: str) -> Lease:
     return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(public_ip), backend_type="vxlan",
-                                                 backend_data=VxlanData(1, mac).to_json()), lease_id=1)
+                                                 backend_data=VxlanData(1, mac).to_json()))
 
 
 def test_prefer_len_keeps_node_sized_leases_over_a_supernet_or_a_sliver() -> None:

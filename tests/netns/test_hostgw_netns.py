@@ -48,7 +48,7 @@ def backends(c: Cluster, config: str, v6: bool = False) -> tuple[list[HostGwBack
         asyncio.run(be.setup(up))
         attrs = be.lease_attrs(up)
         le = Lease(IPv4Network(f"100.64.{node.index}.0/24"), attrs,
-                   subnet6=dualstack.pod_subnet6(node) if v6 else None, lease_id=1)
+                   subnet6=dualstack.pod_subnet6(node) if v6 else None)
         asyncio.run(be.on_lease(le))
         bes.append(be)
         leases.append(le)

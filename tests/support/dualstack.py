@@ -78,3 +78,98 @@ def ping6(c: Cluster, src_ns: str, dst: str, count: int = 1, timeout: float = 3)
     proc = c.exec(src_ns, ["ping", "-6", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}", dst], check=False,
                   timeout=timeout * count + 10)
     return proc.returncode == 0
+
+
+# --- IPv6-only networks (EnableIPv4=false): no FLANNEL_SUBNET, pods with only an IPv6 address ---------------
+
+
+def wait_env6_only(c: Cluster, node: Node, timeout: float = 30.0) -> dict[str, str]:
+    """The node's subnet file once flanneld has written the IPv6 lines (there is no FLANNEL_SUBNET to wait for)."""
+    import time
+
+    from support.cluster import ClusterError, log_tail
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            env = c.read_subnet_env(node)
+        except FileNotFoundError:
+            env = {}
+        if "FLANNEL_IPV6_SUBNET" in env and "FLANNEL_MTU" in env:
+            return env
+        proc = c.flanneld_process(node)
+        if proc is not None and proc.poll() is not None:
+            raise ClusterError(f"{node.name}: flanneld exited with {proc.returncode} before writing "
+                               f"{node.subnet_file}\n{log_tail(node.flanneld_log)}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{node.name}: no IPv6 lines in {node.subnet_file} after {timeout:.0f}s\n"
+                               f"{log_tail(node.flanneld_log)}")
+        time.sleep(0.1)
+
+
+def add_pods6_only(c: Cluster, node: Node, count: int = 1) -> list[Pod]:
+    """Pods with only an IPv6 address from FLANNEL_IPV6_SUBNET, on the node's pod bridge (.1 is the gateway)."""
+    from ipaddress import IPv6Interface
+
+    env = c.read_subnet_env(node)
+    gw = IPv6Interface(env["FLANNEL_IPV6_SUBNET"])
+    mtu = int(env["FLANNEL_MTU"])
+    sn = gw.network
+    with IPRoute(netns=node.ns, flags=0) as ipr:
+        if not ipr.link_lookup(ifname=POD_BRIDGE):
+            ipr.link("add", ifname=POD_BRIDGE, kind="bridge")
+            (br,) = ipr.link_lookup(ifname=POD_BRIDGE)
+            ipr.link("set", index=br, mtu=mtu)
+            ipr.addr("add", index=br, address=str(gw.ip), prefixlen=sn.prefixlen, flags=IFA_F_NODAD)
+            ipr.link("set", index=br, state="up")
+    new: list[Pod] = []
+    for _ in range(count):
+        j = len(node.pods) + 1
+        pod = Pod(name=f"{node.name}p{j}", ns=f"{c.prefix}-{node.name}p{j}", ip=str(sn.network_address + 1 + j),
+                  gateway=str(gw.ip), host_ifname=f"veth{j}", node=node)
+        c._create_netns(pod.ns, ip_forward=False)
+        _enable(c, pod.ns, forwarding=False)
+        with IPRoute(netns=node.ns, flags=0) as ipr:
+            ipr.link("add", ifname=pod.host_ifname, kind="veth", mtu=mtu,
+                     peer={"ifname": "eth0", "mtu": mtu, "net_ns_fd": pod.ns})
+            (idx,) = ipr.link_lookup(ifname=pod.host_ifname)
+            (br,) = ipr.link_lookup(ifname=POD_BRIDGE)
+            ipr.link("set", index=idx, master=br, state="up")
+        with IPRoute(netns=pod.ns, flags=0) as ipr:
+            (eth,) = ipr.link_lookup(ifname="eth0")
+            ipr.link("set", index=eth, state="up")
+            ipr.addr("add", index=eth, address=pod.ip, prefixlen=sn.prefixlen, flags=IFA_F_NODAD)
+            ipr.route("add", dst="::/0", gateway=pod.gateway, family=10)
+        node.pods.append(pod)
+        new.append(pod)
+    return new
+
+
+def vxlan6_state(ns: str, device: str = "flannel-v6.1") -> tuple[set[tuple[str, int, str]], set[tuple[str, str]],
+                                                                  set[tuple[str, str]], set[str]]:
+    """``device``'s gateway routes (dst, len, via), permanent neighbours (ip, mac), FDB entries (mac, dst) and
+    IPv6 addresses, read from the kernel."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        (link,) = ipr.link("get", ifname=device)
+        idx = link["index"]
+        addrs = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.addr("dump", family=10, index=idx)}
+        routes = {(r.get("RTA_DST"), r["dst_len"], r.get("RTA_GATEWAY"))
+                  for r in ipr.route("dump", family=10, table=254, oif=idx) if r.get("RTA_GATEWAY")}
+        neighs = {(nb.get("NDA_DST"), nb.get("NDA_LLADDR")) for nb in ipr.neigh("dump", family=10, ifindex=idx)
+                  if nb["state"] & 0x80}
+        fdbs = {(nb.get("NDA_LLADDR"), nb.get("NDA_DST")) for nb in ipr.fdb("dump", ifindex=idx) if nb.get("NDA_DST")}
+    return routes, neighs, fdbs, addrs
+
+
+def ping6_matrix(c: Cluster, timeout: float = 60.0) -> list[str]:
+    """Every pod to every pod on the other nodes over IPv6 (pod.ip is the v6 address); waits for convergence,
+    returns the failures."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        fails = [f"{a.name}->{b.name}" for a in c.pods for b in c.pods
+                 if a.node is not b.node and not ping6(c, a.ns, b.ip, timeout=1)]
+        if not fails or time.monotonic() > deadline:
+            return fails
+        time.sleep(0.5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
 from typing import Any, TypeVar
 
 from pyflannel.core.backends import vxlan
@@ -46,9 +46,11 @@ T = TypeVar("T")
 class FakeSubnetManager:
     name = "fake"
 
-    def __init__(self, config: str, own_subnet: str = "100.64.1.0/24") -> None:
+    def __init__(self, config: str, own_subnet: str | None = "100.64.1.0/24", own_subnet6: str | None = None) -> None:
         self.config_text = config
-        self.own_subnet = IPv4Network(own_subnet)
+        # own_subnet None: an IPv6-only network (EnableIPv4=false), the lease has only own_subnet6.
+        self.own_subnet = IPv4Network(own_subnet) if own_subnet is not None else None
+        self.own_subnet6 = IPv6Network(own_subnet6) if own_subnet6 is not None else None
         self.leases: dict[str, Lease] = {}
         self.own: Lease | None = None
         self.acquired = 0
@@ -63,7 +65,7 @@ class FakeSubnetManager:
 
     async def acquire_lease(self, attrs: LeaseAttrs, previous: PreviousSubnets) -> Lease:
         self.acquired += 1
-        lease = Lease(self.own_subnet, attrs, lease_id=1, expiration=None)
+        lease = Lease(self.own_subnet, attrs, self.own_subnet6, expiration=None)
         self.own = lease
         self.leases[lease.key_name] = lease
         return lease
@@ -80,7 +82,7 @@ class FakeSubnetManager:
         assert self.own is not None and self._on_change is not None
         self.leases.pop(self.own.key_name, None)
         self.own_subnet = IPv4Network(new_subnet)
-        self.own = Lease(self.own_subnet, self.own.attrs, lease_id=2)
+        self.own = Lease(self.own_subnet, self.own.attrs)
         self.leases[self.own.key_name] = self.own
         self._on_change(self.own)
         return self.own
@@ -372,7 +374,7 @@ def peer(n: int, mac: str | None = None, plen: int = 24) -> Lease:
     sn = IPv4Network((int(IPv4Address("100.64.0.0")) + n * (1 << (32 - plen)), plen))
     ip = IPv4Address(int(IPv4Address("198.18.1.0")) + n)
     mac = mac or "0a:" + ":".join(f"{(n >> s) & 0xFF:02x}" for s in (32, 24, 16, 8, 0))
-    return Lease(sn, LeaseAttrs(ip, backend_type="vxlan", backend_data=VxlanData(1, mac).to_json()), lease_id=1)
+    return Lease(sn, LeaseAttrs(ip, backend_type="vxlan", backend_data=VxlanData(1, mac).to_json()))
 
 
 def entries_of(le: Lease, dev: str = "flannel.1") -> set[Entry]:

@@ -88,7 +88,6 @@ def _lease(d: dict[str, Any]) -> Lease:
         IPv4Network(d["subnet"]),
         parse_lease_attrs(d["attrs"]),
         subnet6=IPv6Network(d["subnet6"]) if d.get("subnet6") else None,
-        lease_id=1,
     )
 
 

@@ -31,7 +31,7 @@ def lease(subnet: str, ip: IPv4Address, reserved: bool = False) -> Lease:
     return Lease(
         subnet=net(subnet),
         attrs=LeaseAttrs(public_ip=ip, backend_type="vxlan", backend_data='{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}'),
-        lease_id=0 if reserved else 0x7E57,
+        reserved=reserved,
         expiration=None if reserved else 1e9,
     )
 
@@ -288,7 +288,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         ip = ME if draw(st.integers(0, 9)) == 0 else draw(st.sampled_from(PUBLIC_IPS[1:]))
         reserved = draw(st.integers(0, 3)) == 0
         leases.setdefault(
-            sn, Lease(sn, LeaseAttrs(ip, backend_type="vxlan"), lease_id=0 if reserved else 1, expiration=None)
+            sn, Lease(sn, LeaseAttrs(ip, backend_type="vxlan"), reserved=reserved, expiration=None)
         )
     def aligned() -> IPv4Network:
         return IPv4Network((int(network.network_address) + draw(st.integers(0, n_sub - 1)) * size, subnet_len))
@@ -377,7 +377,7 @@ def test_fill_network_until_out_of_subnets(seed: int, n_taken: int, subnet_len: 
         ip = IPv4Address(int(IPv4Address("198.18.1.0")) + i)
         c = choose_subnet(config, leases, ip, None, rng)
         assert all(not c.subnet.overlaps(le.subnet) for le in leases)
-        leases.append(Lease(c.subnet, LeaseAttrs(ip), lease_id=1))
+        leases.append(Lease(c.subnet, LeaseAttrs(ip)))
     with pytest.raises(OutOfSubnets):
         choose_subnet(config, leases, IPv4Address("198.18.2.1"), None, rng)
     # A node that already holds a lease still gets it back when the network is full.
@@ -396,7 +396,7 @@ def test_previous_subnet_wins_among_leases_claiming_our_ip() -> None:
 
     cfg = parse_config('{"Network":"100.64.0.0/16","Backend":{"Type":"vxlan"}}')
     ip = IPv4Address("198.18.0.11")
-    impostor = Lease(IPv4Network("100.64.3.0/24"), LeaseAttrs(ip), lease_id=7)
-    ours = Lease(IPv4Network("100.64.9.0/24"), LeaseAttrs(ip), lease_id=8)
+    impostor = Lease(IPv4Network("100.64.3.0/24"), LeaseAttrs(ip))
+    ours = Lease(IPv4Network("100.64.9.0/24"), LeaseAttrs(ip))
     choice = choose_subnet(cfg, [impostor, ours], ip, IPv4Network("100.64.9.0/24"), random.Random(1))
     assert choice.subnet == IPv4Network("100.64.9.0/24") and choice.existing == ours

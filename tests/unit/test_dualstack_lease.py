@@ -32,7 +32,7 @@ def lease(sn: str, sn6: str | None, ip: IPv4Address, reserved: bool = False) -> 
         subnet6=IPv6Network(sn6) if sn6 else None,
         attrs=LeaseAttrs(public_ip=ip, public_ipv6=IPv6Address("fd18::b") if ip == ME else IPv6Address("fd18::c"),
                          backend_type="vxlan", backend_data=DATA, backend_v6_data=DATA6),
-        lease_id=0 if reserved else 0x7E57,
+        reserved=reserved,
         expiration=None if reserved else 1e9,
     )
 

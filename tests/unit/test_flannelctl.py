@@ -115,8 +115,8 @@ def test_parse_subnet_refuses_host_bits() -> None:
         keyspace.parse_public_ip("0.0.0.0")
 
 
-def lease(sub: str, ip: str, lease_id: int = 7) -> Lease:
-    return Lease(IPv4Network(sub), LeaseAttrs(IPv4Address(ip)), lease_id=lease_id)
+def lease(sub: str, ip: str) -> Lease:
+    return Lease(IPv4Network(sub), LeaseAttrs(IPv4Address(ip)))
 
 
 def test_reservation_rules() -> None:

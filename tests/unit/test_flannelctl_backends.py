@@ -55,7 +55,7 @@ def base(backend: str, config: str, own: Lease, peers: list[Lease], mtu: str) ->
 
 
 def hg_lease(sub: IPv4Network, ip: str) -> Lease:
-    return Lease(sub, LeaseAttrs(IPv4Address(ip), backend_type="host-gw"), lease_id=9)
+    return Lease(sub, LeaseAttrs(IPv4Address(ip), backend_type="host-gw"))
 
 
 def hostgw_node() -> NodeFacts:
@@ -149,7 +149,7 @@ PEER_PUB = wgcore.public_key(wgcore.generate_private_key())
 
 def wg_lease(sub: IPv4Network, ip: str, pub: str) -> Lease:
     return Lease(sub, LeaseAttrs(IPv4Address(ip), backend_type="wireguard",
-                                 backend_data=wgcore.WireguardData(pub, 51820).to_json()), lease_id=9)
+                                 backend_data=wgcore.WireguardData(pub, 51820).to_json()))
 
 
 def wg_node(handshake_age: float | None = 5.0) -> NodeFacts:
@@ -244,7 +244,7 @@ OWN6 = IPv6Network("fd64:0:0:43::/64")
 
 def v6_node() -> NodeFacts:
     own = Lease(OWN, LeaseAttrs(IPv4Address("198.18.0.11"), public_ipv6=IPv6Address("fd18::11"),
-                                backend_type="host-gw"), lease_id=9, subnet6=OWN6)
+                                backend_type="host-gw"), subnet6=OWN6)
     f = hostgw_node()
     f.config = parse_config('{"Network":"100.64.0.0/16","EnableIPv6":true,"IPv6Network":"fd64::/56",'
                             '"Backend":{"Type":"host-gw"}}')

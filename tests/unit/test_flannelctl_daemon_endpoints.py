@@ -14,21 +14,22 @@ from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
+from pyflannel.adapters.registry import EtcdLease
+from pyflannel.core.lease import LeaseAttrs, VxlanData
 from pyflannel.daemon.app import Readiness
 from pyflannel.daemon.health import route
 from pyflannel.daemon.metrics import DaemonMetrics, DurationHistogram, make_registry, status_path
 from pyflannel.daemon.reconciler import SyncStats
 
-OWN = Lease(IPv4Network("100.64.67.0/24"),
-            LeaseAttrs(IPv4Address("198.18.0.11"), backend_type="vxlan",
-                       backend_data=VxlanData(1, "b6:3a:f4:a5:6f:94").to_json()),
-            lease_id=42, expiration=time.time() + 86400, mod_revision=3)
+OWN = EtcdLease.make(IPv4Network("100.64.67.0/24"),
+                     LeaseAttrs(IPv4Address("198.18.0.11"), backend_type="vxlan",
+                                backend_data=VxlanData(1, "b6:3a:f4:a5:6f:94").to_json()),
+                     None, 42, time.time() + 86400, 3)
 
 
 def daemon(tmp_path: Path) -> SimpleNamespace:
-    peers = {f"k{i}": Lease(IPv4Network(f"100.64.{i}.0/24"), LeaseAttrs(IPv4Address(f"198.18.0.{i}")),
-                             mod_revision=i) for i in (1, 2)}
+    peers = {f"k{i}": EtcdLease.make(IPv4Network(f"100.64.{i}.0/24"), LeaseAttrs(IPv4Address(f"198.18.0.{i}")),
+                                     None, 1, None, i) for i in (1, 2)}
     d = SimpleNamespace(
         ready=Readiness(lease=True, rules=True, subnet_file=True, in_sync=True),
         keeper=SimpleNamespace(lease=OWN, reacquisitions=0),
@@ -90,12 +91,12 @@ def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
     assert body(route(d, "/readyz")) == ("HTTP/1.1 503 Service Unavailable",
                                          "flanneld is not ready yet: firewall rules not installed\n")
     d.ready.rules = True
-    d.watcher.leases["k3"] = Lease(IPv4Network("100.64.3.0/24"), LeaseAttrs(IPv4Address("198.18.0.3")),
-                                   mod_revision=9)
+    d.watcher.leases["k3"] = EtcdLease.make(IPv4Network("100.64.3.0/24"), LeaseAttrs(IPv4Address("198.18.0.3")),
+                                            None, 1, None, 9)
     assert body(route(d, "/readyz"))[1] == "flanneld is not ready yet: leases changed since the last reconcile pass\n"
     sync(d)
     assert body(route(d, "/readyz"))[0] == "HTTP/1.1 200 OK"
-    d.keeper.lease = Lease(OWN.subnet, OWN.attrs, lease_id=42, expiration=time.time() - 5)
+    d.keeper.lease = EtcdLease.make(OWN.subnet, OWN.attrs, None, 42, time.time() - 5, 3)
     assert "subnet lease 100.64.67.0/24 expired 5s ago" in body(route(d, "/readyz"))[1]
     d.keeper.lease = None
     d.ready.lease = False
@@ -131,7 +132,7 @@ def test_status_file_is_written_after_each_pass(tmp_path: Path) -> None:
     d = daemon(tmp_path)
     sync(d)
     st = json.loads((tmp_path / "pyflannel-status.json").read_text())
-    assert st["lease"] == {"subnet": "100.64.67.0/24", "public_ip": "198.18.0.11", "lease_id": 42,
+    assert st["lease"] == {"subnet": "100.64.67.0/24", "subnet6": None, "public_ip": "198.18.0.11", "lease_id": 42,
                            "expiration": OWN.expiration, "reserved": False}
     assert st["device"] == "flannel.1" and st["uplink"] == "eth0" and st["mtu"] == 1450
     assert st["passes"] == 1 and st["ready"] is True and st["peers_installed"] == 2

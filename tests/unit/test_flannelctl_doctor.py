@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from pyflannel.adapters.netlink import LinkInfo
+from pyflannel.adapters.registry import EtcdLease
 from pyflannel.core.backends import vxlan
 from pyflannel.core.config import parse_config
-from pyflannel.core.lease import Lease, LeaseAttrs, VxlanData
+from pyflannel.core.lease import LeaseAttrs, VxlanData
 from pyflannel.core.model import LiveVxlanLink, PeerState, Route
 from pyflannel.core.rules import ChainSpec, forward_chain, masq_chain, quote
 from pyflannel.ctl import doctor, status
@@ -29,9 +30,9 @@ PEER = IPv4Network("100.64.81.0/24")
 OPTS = SimpleNamespace(iptables_forward_rules=True, resync_period=10, subnet_lease_renew_margin=60)
 
 
-def vx_lease(sub: IPv4Network, ip: str, mac: str, lease_id: int = 9) -> Lease:
+def vx_lease(sub: IPv4Network, ip: str, mac: str, lease_id: int = 9) -> EtcdLease:
     attrs = LeaseAttrs(IPv4Address(ip), backend_type="vxlan", backend_data=VxlanData(1, mac).to_json())
-    return Lease(sub, attrs, lease_id=lease_id, mod_revision=5)
+    return EtcdLease.make(sub, attrs, None, lease_id, None, 5)
 
 
 def save(table: str, specs: list[ChainSpec], policy: str = "ACCEPT") -> str:

@@ -223,6 +223,10 @@ key_struct = st.builds(
     key_struct, key_struct, key_struct,
     st.builds(lambda p, k, s: p + k + s, st.text(max_size=10), key_struct, st.sampled_from(["", "\n", "x", "-24"])),
     st.text(), st.text(alphabet="0123456789.-&:abcdef/", max_size=100),
+    # IPv6-only keys (EnableIPv4=false): "<v6>-<len>", alone or after a path
+    st.builds(lambda p, a, n: f"{p}{a}-{n}", st.sampled_from(["", "/", "x", "/p/subnets/", "1.2.3.4-24&"]),
+              ip6 | st.text("0123456789abcdef:", max_size=42), st.one_of(st.integers(0, 200).map(str),
+                                                                          st.text("0123456789", max_size=5))),
     st.integers(1, 6000).map(lambda n: "1." + "1" * n + "x"),  # made the regex backtrack for seconds
     st.integers(4300, 6000).map(lambda n: "100.64.1.0-" + "9" * n),  # int() refused it with a ValueError
 ))
@@ -231,7 +235,8 @@ def test_fuzz_parse_subnet_key(key: str) -> None:
     if got is None:
         return
     sn4, sn6 = got
-    assert isinstance(sn4, IPv4Network) and sn4.prefixlen <= 31
+    assert sn4 is not None or sn6 is not None  # an IPv6-only key has no v4 part
+    assert sn4 is None or (isinstance(sn4, IPv4Network) and sn4.prefixlen <= 31)
     assert sn6 is None or (isinstance(sn6, IPv6Network) and sn6.prefixlen <= 127)
     assert parse_subnet_key(make_subnet_key(sn4, sn6)) == (sn4, sn6)
 

@@ -24,7 +24,6 @@ def lease(subnet: str, pub: str, sn6: str | None = None, pub6: str | None = None
         IPv4Network(subnet),
         LeaseAttrs(IPv4Address(pub), IPv6Address(pub6) if pub6 else None, backend_type=btype),
         subnet6=IPv6Network(sn6) if sn6 else None,
-        lease_id=1,
     )
 
 

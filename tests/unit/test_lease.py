@@ -310,12 +310,27 @@ def test_deeply_nested_value_is_a_lease_format_error(value: bytes) -> None:
 
 def test_lease_key_name_and_reserved() -> None:
     attrs = LeaseAttrs(IPv4Address("198.18.0.11"))
-    le = Lease(IPv4Network("100.64.67.0/24"), attrs, lease_id=0x1234, expiration=1.0)
+    le = Lease(IPv4Network("100.64.67.0/24"), attrs, expiration=1.0)
     assert le.key_name == "100.64.67.0-24"
     assert not le.reserved
-    res = Lease(IPv4Network("10.5.34.0/24"), attrs, IPv6Network("fc00:0:0:22::/64"))
+    res = Lease(IPv4Network("10.5.34.0/24"), attrs, IPv6Network("fc00:0:0:22::/64"), reserved=True)
     assert res.key_name == "10.5.34.0-24&fc00:0:0:22::-64"
     assert res.reserved
+
+
+def test_etcd_lease_keeps_the_etcd_facts_out_of_core() -> None:
+    """lease id and revision live in the etcd adapter; a key without an etcd lease is a reservation."""
+    from pyflannel.adapters.registry import EtcdLease, etcd_lease_id, etcd_revision
+
+    attrs = LeaseAttrs(IPv4Address("198.18.0.11"))
+    sn = IPv4Network("100.64.67.0/24")
+    assert not hasattr(Lease(sn, attrs), "lease_id")
+    live = EtcdLease.make(sn, attrs, None, 0x1234, 1.0, 7)
+    assert not live.reserved and etcd_lease_id(live) == 0x1234 and etcd_revision(live) == 7
+    assert EtcdLease.make(sn, attrs, None, 0, None, 7).reserved
+    assert etcd_lease_id(Lease(sn, attrs)) == 0 and etcd_revision(Lease(sn, attrs)) == 0
+    # A re-put with only a new revision is a different value (the peer table re-judges it).
+    assert live != EtcdLease.make(sn, attrs, None, 0x1234, 1.0, 8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ def vx_lease(
     return Lease(
         IPv4Network(subnet),
         LeaseAttrs(IPv4Address(public_ip), backend_type=backend_type, backend_data=data),
-        lease_id=1,
     )
 
 
@@ -320,7 +319,7 @@ _subnet = st.builds(
 _pub = st.sampled_from(["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.1.5", "0.0.0.0", "127.0.0.1"])
 _leases = st.builds(
     lambda sn, ip, mac, t: Lease(sn, LeaseAttrs(IPv4Address(ip), backend_type=t,
-                                                backend_data=VxlanData(1, mac).to_json()), lease_id=1),
+                                                backend_data=VxlanData(1, mac).to_json())),
     _subnet, _pub, _macs, st.sampled_from(["vxlan", "vxlan", "host-gw", ""]),
 )
 

@@ -93,7 +93,6 @@ def lease(sn: str = "100.64.2.0/24", pub: str = "198.18.0.12", key: str = PUB_B,
                    json.dumps(data, separators=(",", ":")),
                    json.dumps(data6, separators=(",", ":")) if sn6 else None),
         subnet6=IPv6Network(sn6) if sn6 else None,
-        lease_id=1,
     )
 
 

@@ -90,6 +90,9 @@ def peer_routes(
     routes: list[Route] = []
     if opts.ipv4:
         gw = lease.attrs.public_ip
+        sn = lease.subnet
+        if sn is None:
+            return PeerRoutes(rejected=f"lease {lease.name} has no IPv4 subnet (an IPv6-only node)")
         if not _unicast(gw):
             return PeerRoutes(rejected=f"PublicIP {gw} is not a unicast host address")
         if own is not None and gw == own.attrs.public_ip:
@@ -99,7 +102,7 @@ def peer_routes(
                 rejected=f"PublicIP {gw} is not on the uplink's network ({', '.join(map(str, on4))}): "
                 "host-gw needs the nodes on one L2"
             )
-        routes.append(Route(lease.subnet, gw, uplink))
+        routes.append(Route(sn, gw, uplink))
     if opts.ipv6:
         gw6 = lease.attrs.public_ipv6
         sn6 = lease.subnet6

@@ -93,30 +93,37 @@ def select_peers(
     kept. With ``prefer_len`` (the config's SubnetLen), leases of that length win over any other
     size first: every node's lease has that length, so a lease of another size that anyone put in
     etcd (a /23 over a node's /24, a /30 inside it) can no longer cut that node off.
+
+    This is the IPv4 view (``flannel.<VNI>``): leases without an IPv4 subnet (IPv6-only ones) are not
+    considered, and an IPv6-only node (``own.subnet`` None) has no IPv4 peers.
     """
     peers: list[Peer] = []
     rejected: list[Rejected] = []
+    own_sn = own.subnet
+    if own_sn is None:
+        return peers, rejected
     # Ranges as integers: ipaddress caches broadcast_address & co. on every network object it
     # computes them for, which at thousands of peers is memory for nothing.
     net_lo, net_hi = _span(network)
-    own_lo, own_hi = _span(own.subnet)
+    own_lo, own_hi = _span(own_sn)
     prot = [(_span(p), p) for p in protected]
     for le in leases:
-        if le.subnet == own.subnet:
+        sn = le.subnet
+        if sn is None or sn == own_sn:
             continue
         if le.attrs.backend_type != BACKEND_TYPE:
             continue
         key = le.key_name
-        lo, hi = _span(le.subnet)
+        lo, hi = _span(sn)
         if not (net_lo <= lo and hi <= net_hi):
-            rejected.append(Rejected(key, f"subnet {le.subnet} is outside the Network {network}"))
+            rejected.append(Rejected(key, f"subnet {sn} is outside the Network {network}"))
             continue
         if lo <= own_hi and own_lo <= hi:
-            rejected.append(Rejected(key, f"subnet {le.subnet} overlaps our own subnet {own.subnet}"))
+            rejected.append(Rejected(key, f"subnet {sn} overlaps our own subnet {own_sn}"))
             continue
         bad = next((p for (plo, phi), p in prot if lo <= phi and plo <= hi), None)
         if bad is not None:
-            rejected.append(Rejected(key, f"subnet {le.subnet} overlaps the node network {bad}"))
+            rejected.append(Rejected(key, f"subnet {sn} overlaps the node network {bad}"))
             continue
         if le.attrs.public_ip == own.attrs.public_ip:
             rejected.append(Rejected(key, f"PublicIP {le.attrs.public_ip} is our own"))
@@ -133,12 +140,12 @@ def select_peers(
     if prefer_len is None:
         kept = _first_of_overlapping(peers, rejected)
     else:
-        kept = _first_of_overlapping([p for p in peers if p.lease.subnet.prefixlen == prefer_len], rejected)
-        taken = {p.lease.subnet for p in kept}
+        kept = _first_of_overlapping([p for p in peers if _sn4(p).prefixlen == prefer_len], rejected)
+        taken = {_sn4(p) for p in kept}
         starts = sorted(int(sn.network_address) for sn in taken)
         others = []
         for p in peers:
-            sn = p.lease.subnet
+            sn = _sn4(p)
             if sn.prefixlen == prefer_len:
                 continue
             hit = _overlapping_aligned(sn, prefer_len, taken, starts)
@@ -151,8 +158,15 @@ def select_peers(
     return kept, rejected
 
 
+def _sn4(p: Peer) -> IPv4Network:
+    """The IPv4 subnet of a peer select_peers kept (it keeps only leases that have one)."""
+    assert p.lease.subnet is not None
+    return p.lease.subnet
+
+
 def _subnet_order(p: Peer) -> tuple[int, int, str]:
-    return (int(p.lease.subnet.network_address), p.lease.subnet.prefixlen, p.lease.key_name)
+    sn = _sn4(p)
+    return (int(sn.network_address), sn.prefixlen, p.lease.key_name)
 
 
 def _first_of_overlapping(peers: list[Peer], rejected: list[Rejected]) -> list[Peer]:
@@ -164,7 +178,7 @@ def _first_of_overlapping(peers: list[Peer], rejected: list[Rejected]) -> list[P
     reach = -1
     last: Peer | None = None
     for p in peers:
-        sn = p.lease.subnet
+        sn = _sn4(p)
         if int(sn.network_address) <= reach and last is not None:
             rejected.append(Rejected(p.lease.key_name, f"subnet {sn} overlaps peer {last.lease.subnet}"))
             continue
@@ -211,7 +225,7 @@ def desired_state(
     neighs: set[Neigh] = set()
     fdbs: set[Fdb] = set()
     for p in peers:
-        sn = p.lease.subnet
+        sn = _sn4(p)
         pub: IPv4Address = p.lease.attrs.public_ip
         if direct_routing and uplink and any(pub in n for n in onlink_networks):
             routes.add(Route(sn, pub, uplink, onlink=False))
@@ -242,12 +256,17 @@ def peer_entries(
     BackendV6Data also gets the same three entries for IPv6: ``<v6 subnet IP> lladdr <v6 VtepMAC>``,
     ``<v6 VtepMAC> dst <PublicIPv6>`` and ``<v6 subnet> via <v6 subnet IP> onlink``, on that device.
     A peer without a usable v6 half keeps its IPv4 entries (a node that is not dual-stack yet).
+    An IPv6-only peer (no IPv4 subnet, no BackendData) gets only the IPv6 entries, and is refused with
+    the reason when it has none. On an IPv6-only network (``device`` "": no ``flannel.<VNI>``) every peer
+    gets only its IPv6 entries, whatever else its lease has.
     """
+    sn = lease.subnet
+    if sn is None or not device:
+        return _v6_only_entries(lease, device6, direct_routing, uplink, onlink_networks)
     try:
         mac = lease.attrs.vxlan_data().vtep_mac
     except LeaseFormatError as e:
         return (), str(e)
-    sn = lease.subnet
     pub: IPv4Address = lease.attrs.public_ip
     out: list[Route | Neigh | Fdb]
     if direct_routing and uplink and any(pub in n for n in onlink_networks if n.version == 4):
@@ -258,6 +277,23 @@ def peer_entries(
     if device6:
         out.extend(_v6_entries(lease, device6, direct_routing, uplink, onlink_networks))
     return tuple(out), ""
+
+
+def _v6_only_entries(
+    lease: Lease, device6: str, direct_routing: bool, uplink: str, onlink_networks: Sequence[IPv4Network | IPv6Network]
+) -> tuple[tuple[Route | Neigh | Fdb, ...], str]:
+    if not device6:
+        return (), f"lease {lease.name} has no IPv4 subnet (an IPv6-only node) and this network has no IPv6"
+    if lease.subnet6 is None:
+        return (), f"lease {lease.name} has no IPv6 subnet, and this network is IPv6-only (EnableIPv4=false)"
+    pub6 = lease.attrs.public_ipv6
+    if pub6 is None or pub6.is_unspecified or pub6.is_multicast or pub6.is_loopback:
+        return (), f"PublicIPv6 {pub6} is not a unicast host address"
+    try:
+        lease.attrs.vxlan_v6_data()
+    except LeaseFormatError as e:
+        return (), str(e)
+    return tuple(_v6_entries(lease, device6, direct_routing, uplink, onlink_networks)), ""
 
 
 def _v6_entries(

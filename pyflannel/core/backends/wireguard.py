@@ -331,7 +331,7 @@ def peer_entries(
     for d in (d4, d6):
         if d is not None and own_key and d.public_key == own_key:
             return PeerWg(rejected=f"PublicKey {d.public_key} is our own")
-    v4_ok = opts.ipv4 and d4 is not None and _unicast(a.public_ip)
+    v4_ok = opts.ipv4 and d4 is not None and lease.subnet is not None and _unicast(a.public_ip)
     v6_ok = opts.ipv6 and d6 is not None and lease.subnet6 is not None and a.public_ipv6 is not None
     if v6_ok and a.public_ipv6 is not None and not _unicast(a.public_ipv6):
         v6_ok = False
@@ -356,7 +356,9 @@ def peer_entries(
     if not allowed or key_data is None:
         return PeerWg(rejected="lease has no usable WireGuard data for an enabled family")
     mode: Mode = opts.mode
-    if mode == "auto":
+    if mode == "auto" and not opts.ipv4:
+        mode = "ipv6"  # an IPv6-only network: PublicIP is 0.0.0.0, there is nothing else to dial
+    elif mode == "auto":
         mode = select_mode(a.public_ip, a.public_ipv6 if v6_ok else None, own_public_ip, own_public_ipv6)
     if mode == "ipv6":
         if not ep6:
