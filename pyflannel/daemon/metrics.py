@@ -204,6 +204,7 @@ def snapshot(daemon: Any, now: float | None = None) -> dict[str, Any]:
             "subnet": None if lease.subnet is None else str(lease.subnet),  # None: an IPv6-only lease
             "subnet6": None if getattr(lease, "subnet6", None) is None else str(lease.subnet6),
             "public_ip": str(lease.attrs.public_ip),
+            "public_ipv6": None if getattr(lease.attrs, "public_ipv6", None) is None else str(lease.attrs.public_ipv6),
             "lease_id": getattr(lease, "lease_id", 0),  # etcd mode only (adapters/registry.py EtcdLease)
             "expiration": lease.expiration,
             "reserved": lease.reserved,
@@ -294,7 +295,10 @@ class DaemonCollector:
         lease = snap["lease"]
         gauge("flannel_lease_held", "1 while this node holds a subnet lease.", 1 if lease else 0)
         if lease:
-            labels = {"subnet": lease["subnet"], "public_ip": lease["public_ip"]}
+            # An IPv6-only lease is labelled by its IPv6 subnet and PublicIPv6 (its PublicIP is 0.0.0.0).
+            v6_only = lease["subnet"] is None
+            labels = {"subnet": lease["subnet6"] if v6_only else lease["subnet"],
+                      "public_ip": lease["public_ipv6"] if v6_only else lease["public_ip"]}
             gauge("flannel_lease_reserved", "1 if the lease is a reservation (a key with no TTL).",
                   1 if lease["reserved"] else 0, labels)
             gauge("flannel_lease_expiry_timestamp_seconds", "Unix time at which the subnet lease expires "

@@ -235,6 +235,8 @@ def test_vxlan_v6_only_flannelctl(vxlan: Cluster) -> None:
     d = json.loads(st.stdout)
     assert d["lease"]["subnet"] == str(own6(vxlan, n)) and d["own_subnet6"] == str(own6(vxlan, n)), d
     assert d["lease"]["public_ip"] == dualstack.node_ip6(n)
+    text = vxlan.exec(n.ns, [flannelctl, *flags, "status"], check=False)
+    assert text.returncode == 0 and f"{own6(vxlan, n)}, PublicIP {dualstack.node_ip6(n)}" in text.stdout, text.stdout
     doc = vxlan.exec(n.ns, [flannelctl, *flags, "doctor", "--json"], check=False)
     print(doc.stdout)
     checks = {x["name"]: x for x in json.loads(doc.stdout)["checks"]}

@@ -132,7 +132,8 @@ def test_status_file_is_written_after_each_pass(tmp_path: Path) -> None:
     d = daemon(tmp_path)
     sync(d)
     st = json.loads((tmp_path / "pyflannel-status.json").read_text())
-    assert st["lease"] == {"subnet": "100.64.67.0/24", "subnet6": None, "public_ip": "198.18.0.11", "lease_id": 42,
+    assert st["lease"] == {"subnet": "100.64.67.0/24", "subnet6": None, "public_ip": "198.18.0.11",
+                           "public_ipv6": None, "lease_id": 42,
                            "expiration": OWN.expiration, "reserved": False}
     assert st["device"] == "flannel.1" and st["uplink"] == "eth0" and st["mtu"] == 1450
     assert st["passes"] == 1 and st["ready"] is True and st["peers_installed"] == 2

@@ -438,3 +438,26 @@ def test_cni_delegate_from_a_v6_only_subnet_env() -> None:
     assert (fenv["network"], fenv["subnet"], fenv["mtu"]) == (None, None, 1430)
     ipam = delegate_ipam({}, fenv)
     assert ipam["ranges"] == [[{"subnet": "fd64:0:0:5::/64"}]] and ipam["routes"] == [{"dst": "fd64::/48"}]
+
+
+def test_status_file_metrics_and_readyz_for_a_v6_only_lease(tmp_path: Path) -> None:
+    """The daemon's status file and /metrics name an IPv6-only lease by its IPv6 subnet and PublicIPv6."""
+    import time
+
+    from test_flannelctl_daemon_endpoints import body, daemon, samples, sync
+
+    from pyflannel.adapters.registry import EtcdLease
+    from pyflannel.daemon.health import route
+
+    d = daemon(tmp_path)
+    exp = time.time() + 86400
+    d.keeper.lease = EtcdLease.make(None, LeaseAttrs(ZERO, ME6, "vxlan", None, DATA6), IPv6Network("fd64:0:0:11::/64"),
+                                    42, exp, 3)
+    sync(d)
+    st = json.loads((tmp_path / "pyflannel-status.json").read_text())["lease"]
+    assert (st["subnet"], st["subnet6"], st["public_ip"], st["public_ipv6"]) == (None, "fd64:0:0:11::/64", "0.0.0.0",
+                                                                                 "fd18::11")
+    m = samples(d)
+    assert m["flannel_lease_expiry_timestamp_seconds{public_ip=fd18::11,subnet=fd64:0:0:11::/64}"] == exp
+    d.keeper.lease = EtcdLease.make(None, d.keeper.lease.attrs, d.keeper.lease.subnet6, 42, time.time() - 5, 3)
+    assert "subnet lease fd64:0:0:11::/64 expired 5s ago" in body(route(d, "/readyz"))[1]
