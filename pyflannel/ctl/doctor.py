@@ -165,7 +165,8 @@ def check_device(f: NodeFacts, opts: Any) -> Check:
         if mac and mac != d.mac.lower():
             problems.append(f"has MAC {d.mac} but the lease publishes VtepMAC {mac}")
     d6, v6 = f.device6, ""
-    if f.ipv6 and f.vopts is not None and f.own is not None:  # dual stack: flannel-v6.<VNI> too
+    # Dual stack: flannel-v6.<VNI> too. (On an IPv6-only network it is the one device, checked above.)
+    if f.ipv6 and f.vopts is not None and f.own is not None and f.own.subnet is not None:
         if d6 is None:
             problems.append(f"(EnableIPv6) {f.vopts.device6} does not exist")
         else:
