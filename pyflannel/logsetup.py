@@ -16,11 +16,18 @@ import time
 
 
 class KlogFormatter(logging.Formatter):
+    # Every lease event logs a line: the date part is formatted once a second, not once a record, and the
+    # pid comes from the record (logging reads it once per record anyway) instead of another getpid().
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        t = time.localtime(record.created)
+        sec = int(record.created)
+        if sec != self._second:
+            self._second, self._stamp = sec, time.strftime("%m%d %H:%M:%S", time.localtime(sec))
         us = int((record.created % 1) * 1_000_000)
-        head = (f"{record.levelname[0]}{time.strftime('%m%d %H:%M:%S', t)}.{us:06d} {os.getpid():7d} "
-                f"{record.filename}:{record.lineno}]")
+        pid = record.process if record.process is not None else os.getpid()
+        head = f"{record.levelname[0]}{self._stamp}.{us:06d} {pid:7d} {record.filename}:{record.lineno}]"
         msg = f"{head} {record.getMessage()}"
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
