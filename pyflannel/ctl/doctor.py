@@ -211,7 +211,8 @@ def check_peers_kernel(f: NodeFacts, opts: Any) -> Check:
     d = status.drift(f)
     if d:
         more = f" (+{len(d) - 3} more)" if len(d) > 3 else ""
-        return Check("kernel_peers", "fail", f"{len(d)} kernel entries differ from the leases: " + "; ".join(d[:3]) + more,
+        return Check("kernel_peers", "fail",
+                     f"{len(d)} kernel entries differ from the leases: " + "; ".join(d[:3]) + more,
                      "flanneld fixes drift within -resync-period; if it persists, look for netlink errors in its log")
     return Check("kernel_peers", "ok", f"{len(f.peers)} peers, every route, neighbour and FDB entry in place")
 
