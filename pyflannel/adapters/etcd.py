@@ -206,17 +206,16 @@ class EtcdClient:
         self._auth = _Auth(username, password or "") if username else None
         self._auth_lock = asyncio.Lock()
         # Building a default SSL context loads the CA bundle (~25 ms); only do it when an https
-        # endpoint may need it, and share one context between the two HTTP clients.
+        # endpoint may need it.
         verify: ssl.SSLContext | bool = False
         if tls is not None:
             verify = tls.context()
         elif any(e.startswith("https://") for e in eps):
             verify = ssl.create_default_context()
-        self._verify = verify
-        # Watches hold a connection open indefinitely: no read timeout on the stream, keepalive instead.
+        # Requests and watches share one client; a watch gets a connection of its own (never pooled) whose
+        # stream has no read timeout, only the keepalive.
         self._client = http1.HttpClient(verify=verify, timeout=timeout, connect_timeout=min(timeout, 3.0),
                                         socket_options=_socket_options())
-        self._watch_client = self._client
 
     @property
     def endpoint(self) -> str:
@@ -465,7 +464,7 @@ class EtcdClient:
     async def _watch(self, idx: int, endpoint: str, body: dict[str, Any]) -> AsyncGenerator[WatchBatch, None]:
         try:
             headers = await self._headers(endpoint)
-            async with self._watch_client.stream("POST", f"{endpoint}/v3/watch", json=body, headers=headers) as r:
+            async with self._client.stream("POST", f"{endpoint}/v3/watch", json=body, headers=headers) as r:
                 if r.status_code != 200:
                     text = (await r.aread()).decode(errors="replace")
                     if "invalid auth token" in text and self._auth is not None:

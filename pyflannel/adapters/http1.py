@@ -74,16 +74,15 @@ class _Conn:
 class StreamResponse:
     """A response whose body is read as it arrives (``aiter_lines``) or at once (``aread``)."""
 
-    def __init__(self, client: HttpClient, conn: _Conn, status_code: int, read_timeout: float | None) -> None:
+    def __init__(self, client: HttpClient, conn: _Conn, status_code: int) -> None:
         self._client = client
         self._conn = conn
         self.status_code = status_code
-        self._read_timeout = read_timeout
         self._done = False
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while not self._done:
-            ev = await self._client._next_event(self._conn, self._read_timeout)
+            ev = await self._client._next_event(self._conn)
             if isinstance(ev, h11.Data):
                 yield bytes(ev.data)
             elif isinstance(ev, h11.EndOfMessage):
@@ -107,8 +106,8 @@ class StreamResponse:
 class HttpClient:
     """Keep-alive HTTP/1.1 over TCP or TLS.
 
-    ``timeout`` bounds a whole unary request and the connect; ``stream_read_timeout`` bounds each wait
-    for data on a streamed response (None: wait as long as the TCP keepalive says the peer is there).
+    ``timeout`` bounds a whole unary request, and the connect and response head of a streamed one; the
+    body of a stream is waited for as long as the TCP keepalive says the peer is there.
     """
 
     def __init__(
@@ -117,13 +116,11 @@ class HttpClient:
         verify: ssl.SSLContext | bool,
         timeout: float,
         connect_timeout: float,
-        stream_read_timeout: float | None = None,
         socket_options: Sequence[tuple[int, int, int]] = (),
     ) -> None:
         self._verify = verify
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._stream_read_timeout = stream_read_timeout
         self._socket_options = tuple(socket_options)
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._open: set[_Conn] = set()
@@ -186,7 +183,7 @@ class HttpClient:
 
     # --- protocol ------------------------------------------------------------------------
 
-    async def _next_event(self, conn: _Conn, timeout: float | None) -> Any:
+    async def _next_event(self, conn: _Conn) -> Any:
         while True:
             try:
                 ev = conn.h.next_event()
@@ -194,16 +191,12 @@ class HttpClient:
                 raise ProtocolError(f"bad HTTP response: {e}") from None
             if ev is not h11.NEED_DATA:
                 return ev
+            # Waits are bounded by the caller's asyncio.timeout, which arrives here as a cancellation; a
+            # TimeoutError here is the kernel's ETIMEDOUT (TCP keepalive or TCP_USER_TIMEOUT gave up on a
+            # silent peer), so the connection is lost.
             try:
-                if timeout is None:
-                    data = await conn.reader.read(READ_SIZE)
-                else:
-                    async with asyncio.timeout(timeout):
-                        data = await conn.reader.read(READ_SIZE)
+                data = await conn.reader.read(READ_SIZE)
             except TimeoutError as e:
-                if e.errno is None and timeout is not None:  # our own bound, not the socket's ETIMEDOUT
-                    raise TimeoutException(f"no response within {timeout:g}s") from None
-                # ETIMEDOUT from the kernel: TCP keepalive or TCP_USER_TIMEOUT gave up on a silent peer.
                 raise ProtocolError(f"connection lost: {os.strerror(e.errno or errno.ETIMEDOUT)}") from e
             except ssl.SSLError as e:
                 raise ProtocolError(f"TLS error: {e}") from e
@@ -233,8 +226,8 @@ class HttpClient:
         except OSError as e:
             raise ProtocolError(f"connection lost: {e.strerror or e}") from e
 
-    async def _start(self, method: str, url: str, body: Any, headers: dict[str, str] | None,
-                     timeout: float | None) -> tuple[tuple[str, str, int], _Conn, int]:
+    async def _start(self, method: str, url: str, body: Any,
+                     headers: dict[str, str] | None) -> tuple[tuple[str, str, int], _Conn, int]:
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https") or not parts.hostname:
@@ -246,7 +239,7 @@ class HttpClient:
         try:
             await self._send(conn, method, url, parts.netloc, payload, headers)
             while True:
-                ev = await self._next_event(conn, timeout)
+                ev = await self._next_event(conn)
                 if isinstance(ev, h11.Response):
                     return key, conn, ev.status_code
                 if isinstance(ev, h11.ConnectionClosed):
@@ -260,8 +253,8 @@ class HttpClient:
                       headers: dict[str, str] | None = None) -> Response:
         try:
             async with asyncio.timeout(self._timeout):
-                key, conn, status = await self._start(method, url, json, headers, None)
-                resp = StreamResponse(self, conn, status, None)
+                key, conn, status = await self._start(method, url, json, headers)
+                resp = StreamResponse(self, conn, status)
                 try:
                     content = await resp.aread()
                 except BaseException:
@@ -285,10 +278,10 @@ class HttpClient:
         """A response read as it arrives. The connection is never reused: leaving the block closes it."""
         try:
             async with asyncio.timeout(self._timeout):
-                _key, conn, status = await self._start(method, url, json, headers, None)
+                _key, conn, status = await self._start(method, url, json, headers)
         except TimeoutError:
             raise TimeoutException(f"{method} {url}: no response within {self._timeout:g}s") from None
         try:
-            yield StreamResponse(self, conn, status, self._stream_read_timeout)
+            yield StreamResponse(self, conn, status)
         finally:
             self._discard(conn)

@@ -25,9 +25,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from typing import Any, TypeVar
 
 from pyflannel.adapters.lazy_pyroute2 import import_iproute
-from pyflannel.adapters.nlbulk import BulkNetlink
+from pyflannel.adapters.nlbulk import BulkNetlink, Owned
 from pyflannel.core.errors import FlannelError
-from pyflannel.core.model import Fdb, LiveVxlanLink, Neigh, PeerState, Route, VxlanLink
+from pyflannel.core.model import LiveVxlanLink, PeerState, VxlanLink
 from pyflannel.core.plan import Op
 
 IPRoute, NetlinkError = import_iproute()
@@ -227,12 +227,11 @@ class Netlink:
         neighbours and ``self`` FDB entries with a dst on the VXLAN device. Read through the
         bulk socket: pyroute2 needs about 1 s for this at 5000 peers, the bulk parser 65 ms.
         """
-        found = self.bulk.observe(dev_index, dev, uplink_index, uplink, network)
-        return PeerState(
-            frozenset(e for e in found if isinstance(e, Route)),
-            frozenset(e for e in found if isinstance(e, Neigh)),
-            frozenset(e for e in found if isinstance(e, Fdb)),
-        )
+        return PeerState.of(self.bulk.observe(dev_index, dev, uplink_index, uplink, network))
+
+    def observe_device(self, index: int, name: str) -> PeerState:
+        """The entries pyflannel owns on one device (e.g. ``flannel-v6.<VNI>``), without the uplink part."""
+        return PeerState.of(self.bulk.observe_owned(Owned({index: name})))
 
     def set_mac(self, index: int, mac: str) -> None:
         self.ipr.link("set", index=index, address=mac)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Any
+from typing import Any, TypeVar
 
 from pyflannel.core.config import NetworkConfig, parse_config
 from pyflannel.core.errors import ConfigError, FlagError, FlannelError, LeaseFormatError, shorten
@@ -223,6 +223,17 @@ def _json_annotation(text: str | None, what: str, name: str) -> str | None:
     return None if value is None else _compact(value)
 
 
+_Ip = TypeVar("_Ip", IPv4Address, IPv6Address)
+
+
+def _annotated_ip(a: Mapping[str, str], key: str, kind: Callable[[str], _Ip], name: str) -> _Ip:
+    text = a.get(key, "")
+    try:
+        return kind(text)
+    except ValueError:
+        raise LeaseFormatError(f"node {_q(name)}: bad {key} annotation {shorten(text)}") from None
+
+
 def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool = False,
                   enable_ipv4: bool = True) -> Lease:
     """A peer's lease from its Node (flannel's nodeToLease). Raises LeaseFormatError or KubeNodeError.
@@ -236,11 +247,7 @@ def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool =
     v4, v6 = pod_cidrs(node)
     public_ip = IPv4Address(0)
     if enable_ipv4:
-        pub = a.get(ann.public_ip, "")
-        try:
-            public_ip = IPv4Address(pub)
-        except ValueError:
-            raise LeaseFormatError(f"node {_q(name)}: bad {ann.public_ip} annotation {shorten(pub)}") from None
+        public_ip = _annotated_ip(a, ann.public_ip, IPv4Address, name)
         if v4 is None:
             raise KubeNodeError(f"node {_q(name)}: missing IPv4 address on n.Spec.PodCIDRs")
     else:
@@ -249,11 +256,7 @@ def node_to_lease(node: Mapping[str, Any], ann: Annotations, enable_ipv6: bool =
     data6: str | None = None
     subnet6: IPv6Network | None = None
     if enable_ipv6:
-        pub6 = a.get(ann.public_ipv6, "")
-        try:
-            public_ipv6 = IPv6Address(pub6)
-        except ValueError:
-            raise LeaseFormatError(f"node {_q(name)}: bad {ann.public_ipv6} annotation {shorten(pub6)}") from None
+        public_ipv6 = _annotated_ip(a, ann.public_ipv6, IPv6Address, name)
         if v6 is None:
             raise KubeNodeError(f"node {_q(name)}: missing IPv6 address on n.Spec.PodCIDRs")
         subnet6 = v6

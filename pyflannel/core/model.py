@@ -8,6 +8,7 @@ delete (deleting a neighbour by IP after replacing it would remove the new one).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -88,6 +89,13 @@ class PeerState:
 
     def entries(self) -> list[Entry]:
         return [*self.routes, *self.neighs, *self.fdbs]
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry]) -> PeerState:
+        """The routes, neighbours and FDB entries among ``entries`` (anything else is left out)."""
+        es = list(entries)
+        return cls(frozenset(e for e in es if isinstance(e, Route)), frozenset(e for e in es if isinstance(e, Neigh)),
+                   frozenset(e for e in es if isinstance(e, Fdb)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,8 +135,7 @@ class PeerTable:
         self.leases: dict[str, Lease] = {}
         self.verdicts: dict[str, Verdict] = {}
         self._index = {4: _BlockIndex(32), 6: _BlockIndex(128)}
-        self._spans_for: Lease | None = None
-        self._span_cache: _Spans | None = None
+        self._spans = self._compute_spans()
         self._why: dict[str, str | None] = {}  # per key: None skipped, "" candidate, else why refused
         # Keys that passed the per-lease checks, with what the backend built for them.
         self._candidate: dict[str, tuple[Entry, ...]] = {}
@@ -159,28 +158,22 @@ class PeerTable:
         self._candidate[key] = entries
         return ""
 
-    def _spans(self) -> _Spans:
-        """(Network spans by family, our subnets' spans, protected spans), as integers: ipaddress's
+    def _compute_spans(self) -> _Spans:
+        """The Network(s), our subnets and the protected node networks as integer spans: ipaddress's
         subnet_of/overlaps cost microseconds each, and a join runs these checks for every lease."""
+        nets: dict[int, list[tuple[int, int, Net]]] = {}
+        for n in self.networks:
+            nets.setdefault(n.version, []).append((*_span(n), n))
         own = self.own
-        if self._spans_for is not own or self._span_cache is None:
-            nets: dict[int, list[tuple[int, int, Net]]] = {}
-            for n in self.networks:
-                nets.setdefault(n.version, []).append((*_span(n), n))
-            mine: list[_FamSpan] = [(int(n.version), *_span(n), n)
-                                    for n in (self._subnets(own) if own is not None else ())]
-            prot: list[_FamSpan] = [(int(n.version), *_span(n), n) for n in self.protected]
-            cache: _Spans = (nets, mine, prot)
-            self._span_cache = cache
-            self._spans_for = own
-            return cache
-        return self._span_cache
+        mine: list[_FamSpan] = [(int(n.version), *_span(n), n) for n in (self._subnets(own) if own is not None else ())]
+        prot: list[_FamSpan] = [(int(n.version), *_span(n), n) for n in self.protected]
+        return nets, mine, prot
 
     def _own_checks(self, le: Lease) -> str | None:
         if le.attrs.backend_type != self.backend_type:
             return None
         own = self.own
-        nets, mine, prot = self._spans()
+        nets, mine, prot = self._spans
         for sn in self._subnets(le):
             lo, hi = _span(sn)
             v = sn.version
@@ -269,6 +262,7 @@ class PeerTable:
     def set_own(self, own: Lease | None) -> set[str]:
         """Our lease changed: every verdict is judged again. Returns the keys that changed."""
         self.own = own
+        self._spans = self._compute_spans()
         leases = list(self.leases.items())
         self.leases.clear()
         self._candidate.clear()

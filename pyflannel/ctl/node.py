@@ -57,8 +57,6 @@ from pyflannel.daemon.metrics import status_path
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 RT_TABLE_MAIN = 254
-RTNH_F_ONLINK = 4
-NUD_PERMANENT = 0x80
 
 
 @dataclass(frozen=True)
@@ -481,8 +479,7 @@ def read_links(facts: NodeFacts, nl: Netlink) -> None:
 
 def read_vxlan6(facts: NodeFacts, nl: Netlink) -> None:
     """EnableIPv6: flannel-v6.<VNI>, the entries the peers call for on it (``vxlan.peer_entries`` with the v6
-    device, as the daemon builds them) and the permanent ones the kernel has there. Read with pyroute2's
-    dumps: the bulk observer (adapters/nlbulk.py) reads the IPv4 device only."""
+    device, as the daemon builds them) and what the kernel has there, read as the daemon reads it."""
     assert facts.vopts is not None
     dev = nl.read_vxlan(facts.vopts.device6)
     facts.device6 = dev
@@ -490,20 +487,8 @@ def read_vxlan6(facts: NodeFacts, nl: Netlink) -> None:
         return
     want = [e for p in facts.peers for e in vxlan.peer_entries(p.lease, facts.device_name, device6=dev.name)[0]
             if e.dev == dev.name]
-    facts.desired6 = PeerState(frozenset(e for e in want if isinstance(e, Route)),
-                               frozenset(e for e in want if isinstance(e, Neigh)),
-                               frozenset(e for e in want if isinstance(e, Fdb)))
-    routes = frozenset(
-        Route(IPv6Network(f"{r.get('RTA_DST')}/{r['dst_len']}"), IPv6Address(r.get("RTA_GATEWAY")), dev.name,
-              onlink=bool(r["flags"] & RTNH_F_ONLINK))
-        for r in nl.ipr.route("dump", family=socket.AF_INET6, table=RT_TABLE_MAIN, oif=dev.index)
-        if r.get("RTA_GATEWAY") and r.get("RTA_DST"))
-    neighs = frozenset(Neigh(IPv6Address(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), dev.name)
-                       for n in nl.ipr.neigh("dump", family=socket.AF_INET6, ifindex=dev.index)
-                       if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR"))
-    fdbs = frozenset(Fdb(str(n.get("NDA_LLADDR")), ip_address(n.get("NDA_DST")), dev.name)
-                     for n in nl.ipr.fdb("dump", ifindex=dev.index) if n.get("NDA_DST") and n.get("NDA_LLADDR"))
-    facts.actual6 = PeerState(routes, neighs, fdbs)
+    facts.desired6 = PeerState.of(want)
+    facts.actual6 = nl.observe_device(dev.index, dev.name)
 
 
 def read_vxlan_v6_only(facts: NodeFacts, nl: Netlink) -> None:
@@ -511,16 +496,7 @@ def read_vxlan_v6_only(facts: NodeFacts, nl: Netlink) -> None:
     what the leases call for (the daemon's ``vxlan.peer_entries``; overlapping leases are not weeded out)."""
     dev = facts.device
     assert dev is not None
-    routes = {Route(IPv6Network(f"{r.get('RTA_DST')}/{r['dst_len']}"), IPv6Address(r.get("RTA_GATEWAY")), dev.name,
-                    onlink=bool(r["flags"] & 4))
-              for r in nl.ipr.route("dump", family=socket.AF_INET6, table=254, oif=dev.index)
-              if r.get("RTA_GATEWAY") and r.get("RTA_DST")}
-    neighs = {Neigh(IPv6Address(n.get("NDA_DST")), str(n.get("NDA_LLADDR")).lower(), dev.name)
-              for n in nl.ipr.neigh("dump", family=socket.AF_INET6, ifindex=dev.index)
-              if n["state"] & 0x80 and n.get("NDA_DST") and n.get("NDA_LLADDR")}
-    fdbs = {Fdb(str(n.get("NDA_LLADDR")).lower(), ip_address(n.get("NDA_DST")), dev.name)
-            for n in nl.ipr.fdb("dump", ifindex=dev.index) if n.get("NDA_DST") and n.get("NDA_LLADDR")}
-    facts.actual = PeerState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+    facts.actual = nl.observe_device(dev.index, dev.name)
     if facts.own is None:
         return
     want: list[Route | Neigh | Fdb] = []
@@ -536,9 +512,7 @@ def read_vxlan_v6_only(facts: NodeFacts, nl: Netlink) -> None:
             continue
         facts.peers.append(vxlan.Peer(le, le.attrs.vxlan_v6_data().vtep_mac))
         want.extend(entries)
-    facts.desired = PeerState(frozenset(e for e in want if isinstance(e, Route)),
-                              frozenset(e for e in want if isinstance(e, Neigh)),
-                              frozenset(e for e in want if isinstance(e, Fdb)))
+    facts.desired = PeerState.of(want)
     for p in facts.peers:
         lk = lookup(nl, facts, p.lease.owner_ip)
         facts.peer_routes[str(p.lease.owner_ip)] = (lk.oif, lk.dev)

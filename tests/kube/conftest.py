@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from netns.test_cni import DEBIAN_CNI, Runtime, ip_of
+from support import dualstack
 from support import kube as ks
 from support.cluster import Cluster, Node, destroy_prefix
 
@@ -67,3 +69,28 @@ def kube_cluster(tmp_path: Path) -> Iterator[KubeCluster]:
         if api is not None:
             api.close()
         destroy_prefix(prefix)
+
+
+def cni_pods(c: Cluster, bin_dir: Path, *, ipv6_only: bool = False) -> dict[str, tuple[str, str]]:
+    """One pod per node through the flannel CNI plugin: node name -> (pod netns, pod address).
+
+    The address is the pod's IPv4 address; with ``ipv6_only`` IPv6 is turned on in the pod first and the
+    address is its one IPv6 address with the prefix length (``fd64:0:0:1::2/64``).
+    """
+    if not (DEBIAN_CNI / "bridge").exists():
+        pytest.skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
+    bin_dir.mkdir(exist_ok=True)
+    flannel = bin_dir / "flannel"
+    if not flannel.exists():
+        flannel.symlink_to(c.flanneld.parent / "flannel")
+    out = {}
+    for n in c.nodes:
+        rt = Runtime(c, n, bin_dir)
+        ns = rt.new_netns()
+        if ipv6_only:
+            dualstack._enable(c, ns, forwarding=False)
+            (ip,) = rt.add(f"cid-{n.name}", ns)["ips"]
+            out[n.name] = (ns, ip["address"])
+        else:
+            out[n.name] = (ns, str(ip_of(rt.add(f"cid-{n.name}", ns)).ip))
+    return out

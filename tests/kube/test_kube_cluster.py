@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from netns.test_cni import DEBIAN_CNI, Runtime, ip_of
 from support.cluster import Cluster
 
-from .conftest import KubeCluster
+from .conftest import KubeCluster, cni_pods
 
 P = "flannel.alpha.coreos.com/"
 
@@ -26,22 +24,6 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.2)
-
-
-def cni_pods(c: Cluster, bin_dir: Path) -> dict[str, tuple[str, str]]:
-    """One pod per node through the CNI plugin: node name -> (pod netns, pod IP)."""
-    if not (DEBIAN_CNI / "bridge").exists():
-        pytest.skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
-    bin_dir.mkdir(exist_ok=True)
-    flannel = bin_dir / "flannel"
-    if not flannel.exists():
-        flannel.symlink_to(c.flanneld.parent / "flannel")
-    out = {}
-    for n in c.nodes:
-        rt = Runtime(c, n, bin_dir)
-        ns = rt.new_netns()
-        out[n.name] = (ns, str(ip_of(rt.add(f"cid-{n.name}", ns)).ip))
-    return out
 
 
 def meshed(c: Cluster, want: int) -> bool:

@@ -12,33 +12,12 @@ import time
 from ipaddress import IPv6Interface, IPv6Network
 from pathlib import Path
 
-import pytest
-from netns.test_cni import DEBIAN_CNI, Runtime
 from support import dualstack
-from support.cluster import Cluster
 
-from .conftest import KubeCluster
+from .conftest import KubeCluster, cni_pods
 
 P = "flannel.alpha.coreos.com/"
 NET_CONF = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd64::/48", "Backend": {"Type": "vxlan"}}'
-
-
-def cni_pods6(c: Cluster, bin_dir: Path) -> dict[str, tuple[str, str]]:
-    """One pod per node through the flannel CNI plugin, IPv6 on in the pod: node name -> (netns, address/len)."""
-    if not (DEBIAN_CNI / "bridge").exists():
-        pytest.skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
-    bin_dir.mkdir(exist_ok=True)
-    flannel = bin_dir / "flannel"
-    if not flannel.exists():
-        flannel.symlink_to(c.flanneld.parent / "flannel")
-    out = {}
-    for n in c.nodes:
-        rt = Runtime(c, n, bin_dir)
-        ns = rt.new_netns()
-        dualstack._enable(c, ns, forwarding=False)
-        (ip,) = rt.add(f"cid-{n.name}", ns)["ips"]
-        out[n.name] = (ns, ip["address"])
-    return out
 
 
 def test_ipv6_only_vxlan_pods_ping_and_annotations_as_flannel(kube_cluster: KubeCluster, tmp_path: Path) -> None:
@@ -56,7 +35,7 @@ def test_ipv6_only_vxlan_pods_ping_and_annotations_as_flannel(kube_cluster: Kube
         assert n.subnet_file.read_text() == ("FLANNEL_IPV6_NETWORK=fd64::/48\n"
                                              f"FLANNEL_IPV6_SUBNET=fd64:0:0:{n.index}::1/64\n"
                                              "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"), env
-    pods = cni_pods6(c, bin_dir)
+    pods = cni_pods(c, bin_dir, ipv6_only=True)
     assert {n: IPv6Interface(ip).network for n, (_ns, ip) in pods.items()} == {
         n.name: IPv6Network(f"fd64:0:0:{n.index}::/64") for n in c.nodes}
     deadline = time.monotonic() + 60

@@ -9,10 +9,8 @@ v6 one from FLANNEL_IPV6_SUBNET (the lease's v6 subnet, which is random inside I
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 from support import dualstack
-from support.cluster import POD_BRIDGE, SUBNETS_PREFIX, Cluster, Node, destroy_prefix
+from support.cluster import POD_BRIDGE, Cluster, Node, destroy_prefix
 
 pytestmark = pytest.mark.root
 
@@ -41,18 +39,7 @@ HOSTGW_LEASE_RE = re.compile(
 
 
 def _need() -> None:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 (creates network namespaces)")
-    if not shutil.which("etcd"):
-        pytest.skip("needs etcd on PATH (Debian package etcd-server, or build/testdeps/etcd)")
-    if not Path("/proc/sys/net/ipv6").exists():
-        pytest.skip("needs a kernel with IPv6")
-
-
-def raw_leases(c: Cluster) -> dict[str, str]:
-    """The subnet keys (last path element) and their values, as stored."""
-    out = c.etcdctl("get", "--prefix", SUBNETS_PREFIX).stdout.splitlines()
-    return {k.removeprefix(SUBNETS_PREFIX): v for k, v in zip(out[0::2], out[1::2], strict=False)}
+    dualstack.need_v6_cluster(ip6tables=False)
 
 
 def wait_env6(c: Cluster, node: Node, timeout: float = 30.0) -> dict[str, str]:
@@ -136,7 +123,7 @@ def test_vxlan_dual_stack_pods_ping_v4_and_v6(vxlan: tuple[Cluster, dict[str, li
 
 def test_vxlan_dual_stack_etcd_keys_and_values(vxlan: tuple[Cluster, dict[str, list[str]]]) -> None:
     c, _ = vxlan
-    raw = raw_leases(c)
+    raw = dualstack.raw_leases(c)
     print("etcd leases:", json.dumps(raw, indent=1))
     assert len(raw) == 3
     for key, value in raw.items():
@@ -148,7 +135,7 @@ def test_vxlan_dual_stack_etcd_keys_and_values(vxlan: tuple[Cluster, dict[str, l
 
 def test_vxlan_v6_device_and_peer_entries(vxlan: tuple[Cluster, dict[str, list[str]]]) -> None:
     c, _ = vxlan
-    leases = {k: json.loads(v) for k, v in raw_leases(c).items()}
+    leases = {k: json.loads(v) for k, v in dualstack.raw_leases(c).items()}
     for n in c.nodes:
         env = c.read_subnet_env(n)
         own6 = IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
@@ -194,7 +181,7 @@ def test_hostgw_dual_stack_pods_ping_v4_and_v6(netns_prefix: str, tmp_path: Path
     c, pods6 = start(netns_prefix, tmp_path / "hg", HOSTGW_CONFIG)
     try:
         f4, f6 = ping_matrix(c, pods6)
-        raw = raw_leases(c)
+        raw = dualstack.raw_leases(c)
         print("etcd leases:", json.dumps(raw, indent=1))
         assert (f4, f6) == ([], [])
         for key, value in raw.items():

@@ -12,7 +12,6 @@ keys and values, subnet.env, ip6tables, and a restart that keeps the lease.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -47,19 +46,7 @@ POD_RANGE4 = IPv4Network("100.64.0.0/10")
 
 
 def _need() -> None:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 (creates network namespaces)")
-    if not shutil.which("etcd"):
-        pytest.skip("needs etcd on PATH (Debian package etcd-server, or build/testdeps/etcd)")
-    if not Path("/proc/sys/net/ipv6").exists():
-        pytest.skip("needs a kernel with IPv6")
-    if not shutil.which("ip6tables"):
-        pytest.skip("needs ip6tables (Debian package iptables)")
-
-
-def raw_leases(c: Cluster) -> dict[str, str]:
-    out = c.etcdctl("get", "--prefix", SUBNETS_PREFIX).stdout.splitlines()
-    return {k.removeprefix(SUBNETS_PREFIX): v for k, v in zip(out[0::2], out[1::2], strict=False)}
+    dualstack.need_v6_cluster(ip6tables=True)
 
 
 def sn6_of(key: str) -> IPv6Network:
@@ -155,7 +142,7 @@ def check_ipv6_only_node(c: Cluster, n: Node, mtu: int, nft: bool = False) -> No
 
 def check_restart_keeps_lease(c: Cluster, wrapper: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> None:
     n1 = c.nodes[0]
-    before, keys = own6(c, n1), set(raw_leases(c))
+    before, keys = own6(c, n1), set(dualstack.raw_leases(c))
     assert c.stop_flanneld(n1, signal.SIGTERM) == 0
     logged = len(n1.flanneld_log.read_bytes())
     start_node(c, n1, wrapper, env)
@@ -166,7 +153,7 @@ def check_restart_keeps_lease(c: Cluster, wrapper: tuple[str, ...] = (), env: Ma
         assert proc is not None and proc.poll() is None and time.monotonic() < deadline, text[-2000:]
         time.sleep(0.1)
     dualstack.wait_env6_only(c, n1)
-    assert own6(c, n1) == before and set(raw_leases(c)) == keys
+    assert own6(c, n1) == before and set(dualstack.raw_leases(c)) == keys
     assert dualstack.ping6_matrix(c) == []
 
 
@@ -188,7 +175,7 @@ def test_vxlan_v6_only_pods_ping(vxlan: Cluster) -> None:
 
 
 def test_vxlan_v6_only_etcd_keys_and_values(vxlan: Cluster) -> None:
-    raw = raw_leases(vxlan)
+    raw = dualstack.raw_leases(vxlan)
     print("etcd leases:", json.dumps(raw, indent=1))
     assert len(raw) == 3
     for key, value in raw.items():
@@ -198,7 +185,7 @@ def test_vxlan_v6_only_etcd_keys_and_values(vxlan: Cluster) -> None:
 
 
 def test_vxlan_v6_only_kernel_state(vxlan: Cluster) -> None:
-    leases = {k: json.loads(v) for k, v in raw_leases(vxlan).items()}
+    leases = {k: json.loads(v) for k, v in dualstack.raw_leases(vxlan).items()}
     for n in vxlan.nodes:
         mine = own6(vxlan, n)
         with IPRoute(netns=n.ns, flags=0) as ipr:
@@ -228,7 +215,7 @@ def test_vxlan_v6_only_flannelctl(vxlan: Cluster) -> None:
     flags = [f"-etcd-endpoints={vxlan.etcd_endpoint}", f"-subnet-file={n.subnet_file}", "-iface=eth0"]
     out = vxlan.exec(n.ns, [flannelctl, *flags, "leases", "--json"]).stdout
     rows = json.loads(out)["leases"]
-    assert sorted(r["subnet6"] for r in rows) == sorted(str(sn6_of(k)) for k in raw_leases(vxlan))
+    assert sorted(r["subnet6"] for r in rows) == sorted(str(sn6_of(k)) for k in dualstack.raw_leases(vxlan))
     assert all(r["subnet"] is None and r["public_ip"] == "0.0.0.0" for r in rows)
     st = vxlan.exec(n.ns, [flannelctl, *flags, "status", "--json"], check=False)
     assert st.returncode == 0, st.stderr
@@ -272,9 +259,9 @@ def test_vxlan_v6_only_restart_after_the_key_expired_reuses_subnet_env(vxlan: Cl
         assert proc is not None and proc.poll() is None and time.monotonic() < deadline, text[-2000:]
         time.sleep(0.1)
     deadline = time.monotonic() + 10
-    while key not in raw_leases(c) and time.monotonic() < deadline:
+    while key not in dualstack.raw_leases(c) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert key in raw_leases(c) and own6(c, n2) == before
+    assert key in dualstack.raw_leases(c) and own6(c, n2) == before
     assert dualstack.ping6_matrix(c) == []
 
 
@@ -303,7 +290,7 @@ def test_hostgw_v6_only_cluster(tmp_path: Path, mode: str) -> None:
     c = start(prefix, tmp_path / "hg", config, prepare=deprecated_address_on_n1)
     try:
         assert dualstack.ping6_matrix(c) == []
-        raw = raw_leases(c)
+        raw = dualstack.raw_leases(c)
         print("etcd leases:", json.dumps(raw, indent=1))
         assert len(raw) == 3
         for key, value in raw.items():
@@ -339,7 +326,7 @@ def test_wireguard_v6_only_cluster(tmp_path: Path) -> None:
     env = {"WIREGUARD_KEY_FILE": "{dir}/wgkey"}
     c = start(prefix, tmp_path / "wg", WG_CONFIG, PRIVATE_WG_DIR, env)
     try:
-        raw = raw_leases(c)
+        raw = dualstack.raw_leases(c)
         print("etcd leases:", json.dumps(raw, indent=1))
         for key, value in raw.items():
             assert KEY_RE.match(key), key
@@ -354,7 +341,7 @@ def test_wireguard_v6_only_cluster(tmp_path: Path) -> None:
             mine = own6(c, n)
             return {json.loads(v)["BackendV6Data"]["PublicKey"]: (f"[{json.loads(v)['PublicIPv6']}]:51821",
                                                                   str(sn6_of(k)))
-                    for k, v in raw_leases(c).items() if sn6_of(k) != mine}
+                    for k, v in dualstack.raw_leases(c).items() if sn6_of(k) != mine}
 
         deadline = time.monotonic() + 30
         while not all(peers(n) == expected(n) for n in c.nodes) and time.monotonic() < deadline:

@@ -10,15 +10,12 @@ carry port id 0 whoever asked, so those are always reported.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from support.cluster import Cluster, destroy_prefix
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.root
 
@@ -66,17 +63,9 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def ns(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 (creates a network namespace)")
-    prefix = f"nle{secrets.token_hex(2)}"
-    c = Cluster(prefix=prefix, nodes=1, workdir=tmp_path / "c")
-    c.up()
-    try:
-        yield c.nodes[0].ns
-    finally:
-        c.down()
-        destroy_prefix(prefix)
+def ns(make_cluster: Callable[..., Cluster]) -> str:
+    """The namespace of a one-node cluster (conftest's make_cluster tears it down)."""
+    return make_cluster(nodes=1).nodes[0].ns
 
 
 def test_own_echoes_skipped_others_reported(ns: str) -> None:

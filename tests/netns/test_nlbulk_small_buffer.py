@@ -6,15 +6,12 @@ A stock Debian host caps SO_RCVBUF at net.core.rmem_max = 212992 (the kernel dou
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from support.cluster import Cluster, destroy_prefix
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.root
 
@@ -63,17 +60,9 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def ns(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 (creates a network namespace)")
-    prefix = f"nlb{secrets.token_hex(2)}"
-    c = Cluster(prefix=prefix, nodes=1, workdir=tmp_path / "c")
-    c.up()
-    try:
-        yield c.nodes[0].ns
-    finally:
-        c.down()
-        destroy_prefix(prefix)
+def ns(make_cluster: Callable[..., Cluster]) -> str:
+    """The namespace of a one-node cluster (conftest's make_cluster tears it down)."""
+    return make_cluster(nodes=1).nodes[0].ns
 
 
 def run(ns: str, mode: str) -> dict[str, int]:

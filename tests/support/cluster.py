@@ -645,15 +645,16 @@ class Cluster:
         """The node's subnet file, parsed now (FileNotFoundError if flanneld has not written it)."""
         return parse_subnet_env(node.subnet_file.read_text())
 
-    def wait_subnet_env(self, node: Node, timeout: float = 30.0) -> dict[str, str]:
-        """Wait until flanneld has written the node's subnet file (with FLANNEL_SUBNET) and return it parsed."""
+    def wait_subnet_env(self, node: Node, timeout: float = 30.0, subnet_key: str = "FLANNEL_SUBNET") -> dict[str, str]:
+        """Wait until flanneld has written the node's subnet file (with ``subnet_key``: FLANNEL_IPV6_SUBNET on
+        an IPv6-only network) and return it parsed."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 env = self.read_subnet_env(node)
             except FileNotFoundError:
                 env = {}
-            if "FLANNEL_SUBNET" in env and "FLANNEL_MTU" in env:
+            if subnet_key in env and "FLANNEL_MTU" in env:
                 return env
             proc = self._flanneld.get(node.name)
             if proc is not None and proc.poll() is not None:
@@ -662,9 +663,8 @@ class Cluster:
                     f"{log_tail(node.flanneld_log)}"
                 )
             if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"{node.name}: no {node.subnet_file} after {timeout:.0f}s\n{log_tail(node.flanneld_log)}"
-                )
+                raise ClusterError(f"{node.name}: no {node.subnet_file} with {subnet_key} after {timeout:.0f}s\n"
+                                   f"{log_tail(node.flanneld_log)}")
             time.sleep(0.1)
 
     def peer_routes(self, node: Node) -> list[str] | None:

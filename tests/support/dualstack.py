@@ -10,11 +10,15 @@ Addresses stay inside fd18::/16 (LAN) and fd64::/16 (pods).
 
 from __future__ import annotations
 
+import os
+import shutil
 from ipaddress import IPv6Network
+from pathlib import Path
 
+import pytest
 from pyroute2 import IPRoute
 
-from support.cluster import LAN_BRIDGE, NODE_IFACE, POD_BRIDGE, Cluster, Node, Pod
+from support.cluster import LAN_BRIDGE, NODE_IFACE, POD_BRIDGE, SUBNETS_PREFIX, Cluster, Node, Pod
 
 LAN6 = IPv6Network("fd18::/64")
 IFA_F_NODAD = 0x02
@@ -80,31 +84,30 @@ def ping6(c: Cluster, src_ns: str, dst: str, count: int = 1, timeout: float = 3)
     return proc.returncode == 0
 
 
+def need_v6_cluster(ip6tables: bool = False) -> None:
+    """Skip (with the reason) unless root, iproute2, etcd and an IPv6 kernel (and ip6tables) are here."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 (creates network namespaces)")
+    if not shutil.which("etcd"):
+        pytest.skip("needs etcd on PATH (Debian package etcd-server, or build/testdeps/etcd)")
+    if not Path("/proc/sys/net/ipv6").exists():
+        pytest.skip("needs a kernel with IPv6")
+    if ip6tables and not shutil.which("ip6tables"):
+        pytest.skip("needs ip6tables (Debian package iptables)")
+
+
+def raw_leases(c: Cluster) -> dict[str, str]:
+    """The subnet keys (last path element) and their values, as stored."""
+    out = c.etcdctl("get", "--prefix", SUBNETS_PREFIX).stdout.splitlines()
+    return {k.removeprefix(SUBNETS_PREFIX): v for k, v in zip(out[0::2], out[1::2], strict=False)}
+
+
 # --- IPv6-only networks (EnableIPv4=false): no FLANNEL_SUBNET, pods with only an IPv6 address ---------------
 
 
 def wait_env6_only(c: Cluster, node: Node, timeout: float = 30.0) -> dict[str, str]:
     """The node's subnet file once flanneld has written the IPv6 lines (there is no FLANNEL_SUBNET to wait for)."""
-    import time
-
-    from support.cluster import ClusterError, log_tail
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            env = c.read_subnet_env(node)
-        except FileNotFoundError:
-            env = {}
-        if "FLANNEL_IPV6_SUBNET" in env and "FLANNEL_MTU" in env:
-            return env
-        proc = c.flanneld_process(node)
-        if proc is not None and proc.poll() is not None:
-            raise ClusterError(f"{node.name}: flanneld exited with {proc.returncode} before writing "
-                               f"{node.subnet_file}\n{log_tail(node.flanneld_log)}")
-        if time.monotonic() > deadline:
-            raise ClusterError(f"{node.name}: no IPv6 lines in {node.subnet_file} after {timeout:.0f}s\n"
-                               f"{log_tail(node.flanneld_log)}")
-        time.sleep(0.1)
+    return c.wait_subnet_env(node, timeout, subnet_key="FLANNEL_IPV6_SUBNET")
 
 
 def add_pods6_only(c: Cluster, node: Node, count: int = 1) -> list[Pod]:
