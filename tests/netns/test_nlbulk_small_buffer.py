@@ -1,4 +1,4 @@
-"""Bulk rtnetlink with a stock host's receive buffer: 2000 peers, and acks lost to ENOBUFS.
+"""Bulk rtnetlink with a stock host's receive buffer: 2000 peers, and error answers lost to ENOBUFS.
 
 A stock Debian host caps SO_RCVBUF at net.core.rmem_max = 212992 (the kernel doubles it to
 425984); this machine allows 4 MiB, so the socket is asked for exactly the stock size here.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from support.cluster import Cluster
@@ -42,10 +43,15 @@ ops = order(ops)
 idx = {"flannel.1": dev, "eth0": eth0}
 b = BulkNetlink(rcvbuf=STOCK)
 out = {"rcvbuf": b.rcvbuf, "max_in_flight": b.max_in_flight}
+first_idx = idx
+if mode in ("errors", "overflow"):
+    # Every request fails (no such device), so every one is answered: the worst case for the buffer.
+    first_idx = {"flannel.1": 999999, "eth0": eth0}
 if mode == "overflow":
-    b.max_in_flight = 100000  # the old behaviour: everything in one send; the acks cannot all fit
-failed = b.apply(ops, idx)
+    b.max_in_flight = 100000  # everything in one send: 6000 error answers cannot all fit
+failed = b.apply(ops, first_idx)
 out["failed_first"] = len(failed)
+out["failed_first_reasons"] = sorted({why for _, why in failed})
 out["overflows"] = b.overflows
 owned = Owned({dev: "flannel.1"}, eth0, "eth0", ())
 have = set(b.observe_owned(owned))
@@ -65,7 +71,7 @@ def ns(make_cluster: Callable[..., Cluster]) -> str:
     return make_cluster(nodes=1).nodes[0].ns
 
 
-def run(ns: str, mode: str) -> dict[str, int]:
+def run(ns: str, mode: str) -> dict[str, Any]:
     import json
 
     p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, mode], capture_output=True,
@@ -82,10 +88,22 @@ def test_2000_peers_with_a_stock_receive_buffer(ns: str) -> None:
     assert r["installed"] == 6000
 
 
-def test_lost_acks_are_reported_not_raised(ns: str) -> None:
+def test_every_request_failing_fits_the_sized_batches(ns: str) -> None:
+    # Successes are not answered (only errors and each batch's fence are), so the worst case for the buffer
+    # is a batch whose every request fails: the batches are sized so that even then nothing is lost.
+    r = run(ns, "errors")
+    assert r["overflows"] == 0
+    assert r["failed_first"] == 6000 and r["failed_first_reasons"] == ["No such device"]
+    assert r["failed_second"] == 0
+    assert r["installed"] == 6000
+
+
+def test_lost_error_answers_are_reported_not_raised(ns: str) -> None:
     r = run(ns, "overflow")
-    # With every request in flight at once the acks overflow the buffer: the ops whose acks were lost
-    # come back as failed (no exception escapes), and one re-observe + apply installs the rest.
-    assert r["overflows"] >= 1 and r["failed_first"] > 0
+    # With every failing request in one batch the error answers overflow the buffer: which ops failed is
+    # then unknown, so every op without a known outcome comes back as failed (no exception escapes), and one
+    # re-observe + apply installs them.
+    assert r["overflows"] >= 1 and r["failed_first"] == 6000
+    assert "netlink errors lost (ENOBUFS)" in r["failed_first_reasons"]
     assert r["failed_second"] == 0
     assert r["installed"] == 6000
