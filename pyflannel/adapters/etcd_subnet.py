@@ -8,7 +8,6 @@ of lease events that start with a LeaseResync.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -90,28 +89,28 @@ class EtcdSubnetManager:
             self.keeper.republish()
 
     async def lease_events(self) -> AsyncIterator[list[LeaseEvent]]:
-        queue: asyncio.Queue[list[LeaseEvent]] = asyncio.Queue()
-        self.watcher = w = LeaseWatcher(self.registry, lambda: None, on_events=queue.put_nowait)
+        # The watcher runs inside this generator: what one watch response produced is yielded from the task
+        # that read it (a queue between two tasks cost a task switch and a waiter per event).
+        pending: list[LeaseEvent] = []
+        self.watcher = w = LeaseWatcher(self.registry, lambda: None, on_events=pending.extend)
         if self.keeper is not None and self.keeper.snapshot is not None:
             w.seed(*self.keeper.snapshot)
-        task = asyncio.create_task(w.run(), name="etcd-watch")
+            yield self._take(pending, w)
+        stream = w.stream()
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    task.result()  # re-raises what killed the watch
-                    raise FlannelError("etcd lease watch stopped")
-                batch = getter.result()
-                while not queue.empty():
-                    batch.extend(queue.get_nowait())
-                if self.keeper is not None:
-                    self.keeper.check_own(w.leases, w.revision)
-                yield batch
+            async for _ in stream:
+                if pending:
+                    yield self._take(pending, w)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stream.aclose()
+        raise FlannelError("etcd lease watch stopped")
+
+    def _take(self, pending: list[LeaseEvent], w: LeaseWatcher) -> list[LeaseEvent]:
+        batch = pending[:]
+        pending.clear()
+        if self.keeper is not None:
+            self.keeper.check_own(w.leases, w.revision)
+        return batch
 
     @property
     def in_sync(self) -> bool:

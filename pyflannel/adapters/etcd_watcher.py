@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from pyflannel.adapters.etcd import Compacted, EtcdError
 from pyflannel.adapters.registry import BadLease, ConfigEvent, LeaseEvent, SubnetRegistry
@@ -147,6 +147,15 @@ class LeaseWatcher:
         self.on_change()
 
     async def run(self) -> None:
+        async for _ in self.stream():
+            pass
+
+    async def stream(self) -> AsyncIterator[None]:
+        """``run`` as an async generator: yields after each listing or watch response has been handed on.
+
+        The daemon's lease-event stream drives this directly, so a watch response reaches the peer table in
+        the same task that read it, without a queue and a task switch per event.
+        """
         # Already holding a snapshot (resync() was called): resume from its revision.
         need_list = not self.synced.is_set()
         backoff = BACKOFF_MIN
@@ -156,12 +165,14 @@ class LeaseWatcher:
                     await self.resync()
                     need_list = False
                     self._outage_over()
+                    yield
                 async for events in self.registry.watch(self.revision):
                     backoff = BACKOFF_MIN
                     self._outage_over()
                     if events:
                         self.apply(events)
                         self.on_change()
+                        yield
             except Compacted as e:
                 self.watch_restarts += 1
                 log.warning("lease watch: %s; listing all leases again", e)

@@ -29,10 +29,12 @@ Only the message types below are built or parsed; anything else stays with pyrou
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import socket
 import struct
+import sys
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -414,6 +416,29 @@ class Overrun:
 
 
 _ECHOED = frozenset((RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH))
+SO_ATTACH_FILTER = 26
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+
+
+def echo_filter(ports: Collection[int]) -> bytes:
+    """A classic BPF program that drops every message whose nlmsg_pid is one of ``ports``.
+
+    The kernel runs a netlink socket's filter on each multicast notification before queueing it, and each
+    rtnetlink notification is a datagram of one message, so the program sees its nlmsghdr at offset 0. BPF
+    loads words big-endian; the header is in host order, so the port ids are compared byte-swapped.
+    """
+    ports = sorted({p for p in ports if p})
+    prog = [_SOCK_FILTER.pack(_BPF_LD_W_ABS, 0, 0, 12)]  # nlmsg_pid
+    n = len(ports)
+    for j, port in enumerate(ports, 1):
+        swapped = int.from_bytes(port.to_bytes(4, sys.byteorder), "big")
+        prog.append(_SOCK_FILTER.pack(_BPF_JEQ_K, n + 1 - j, 0, swapped))  # match: jump to "drop"
+    prog.append(_SOCK_FILTER.pack(_BPF_RET_K, 0, 0, 0xFFFFFFFF))  # keep the whole message
+    prog.append(_SOCK_FILTER.pack(_BPF_RET_K, 0, 0, 0))  # drop
+    return b"".join(prog)
 
 
 class Monitor:
@@ -434,6 +459,23 @@ class Monitor:
 
     def close(self) -> None:
         self.sock.close()
+
+    def drop_echoes(self, ports: Collection[int]) -> bool:
+        """Have the kernel drop the notifications our own bulk sockets cause, before they are queued.
+
+        Those sockets send only route and neighbour requests, so this drops exactly what ``read`` would skip
+        by port id, without a wake-up, a ``recv`` or a parse each: a 5000-peer join is 10,000 fewer messages,
+        and the queue holds only what is worth reading. Returns False (``read`` still skips them) if the
+        kernel refuses the filter.
+        """
+        prog = echo_filter(ports)
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = struct.pack("HP", len(prog) // _SOCK_FILTER.size, ctypes.addressof(buf))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies the program
+        except OSError:
+            return False
+        return True
 
     def read(self, owned: Owned, ours: Collection[int] = ()) -> list[Change | LinkGone | Overrun]:
         """Everything queued now (never blocks).

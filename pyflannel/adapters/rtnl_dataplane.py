@@ -87,6 +87,8 @@ class RtnlDataplane:
         mon = Monitor()
         # Both sockets our changes leave from: their echoes are skipped (Monitor.read).
         ours = frozenset((await self.nl.run(lambda n: n.bulk.portid), self._inline_bulk().portid))
+        if not mon.drop_echoes(ours):
+            log.debug("the kernel refused the echo filter on the monitor socket; echoes are skipped when read")
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         loop.add_reader(mon.fileno(), ready.set)

@@ -58,6 +58,22 @@ with IPRoute() as ipr:  # someone else: a different port id
     ipr.route("del", dst=str(sn), gateway=str(sn.network_address), oif=dev)
     ipr.neigh("del", dst=str(sn.network_address), lladdr=mac, ifindex=dev)
 out["theirs"] = drain({b.portid})
+# The same with the kernel-side filter: a monitor that drops our port id's messages before they are queued,
+# read without any port ids, so only the filter can have removed them.
+assert b.apply(order([Op("delete", e) for e in entries]), idx) == []  # start from nothing, as above
+filtered = Monitor()
+out["filter_attached"] = filtered.drop_echoes({b.portid})
+
+def drain_filtered():
+    time.sleep(0.2)
+    return sorted(f"{'-' if c.gone else '+'}{type(c.entry).__name__}" for c in filtered.read(owned, ())
+                  if isinstance(c, Change))
+
+assert b.apply(order([Op("replace", e) for e in entries]), idx) == []
+out["filtered_ours"] = drain_filtered()
+with IPRoute() as ipr:
+    ipr.route("del", dst=str(sn), gateway=str(sn.network_address), oif=dev)
+out["filtered_theirs"] = drain_filtered()
 print(json.dumps(out))
 '''
 
@@ -83,3 +99,8 @@ def test_own_echoes_skipped_others_reported(ns: str) -> None:
     assert out["ours_without_portid"] == ["+Fdb", "+Neigh", "+Route"]
     # A change from another socket is reported even though we pass our port id.
     assert out["theirs"] == ["-Neigh", "-Route"]
+    # With the BPF filter on the socket, the kernel drops our route and neighbour echoes itself; a change
+    # from another socket still arrives.
+    assert out["filter_attached"]
+    assert out["filtered_ours"] == ["+Fdb"]
+    assert out["filtered_theirs"] == ["-Route"]
