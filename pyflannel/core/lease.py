@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyflannel.core.errors import LeaseFormatError, shorten
-from pyflannel.core.ipnet import go_ip6_text, make_subnet_key
+from pyflannel.core.ipnet import go_ip6_text, ipv4_address, make_subnet_key
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # Larger values are not leases flanneld could have written; refuse before parsing.
@@ -146,7 +146,7 @@ def parse_lease_attrs(value: str | bytes) -> LeaseAttrs:
     if not isinstance(pub, str):
         raise LeaseFormatError(f"PublicIP missing or not a string: {shorten(pub)}")
     try:
-        public_ip = IPv4Address(pub)
+        public_ip = ipv4_address(pub)
     except ValueError:
         raise LeaseFormatError(f"bad PublicIP {shorten(pub)}") from None
     pub6 = d.get("publicipv6")
