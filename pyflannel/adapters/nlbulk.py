@@ -176,6 +176,57 @@ def encode_generic(op: Op, seq: int, indexes: dict[str, int], ack: bool = True) 
     raise TypeError(f"no rtnetlink encoding for {type(e).__name__}")
 
 
+_ECHO_HEAD = struct.Struct("=HBi")  # message type, family, ifindex
+#: Expected echoes kept at most; past that the set is emptied and echoes are parsed like any change.
+ECHO_LIMIT = 1 << 16
+
+
+def _echo_keys(op: Op, indexes: dict[str, int]) -> tuple[bytes | None, bytes | None]:
+    """(the key of the notification ``op`` causes without our port id, the key of the opposite change)."""
+    e = op.entry
+    add = op.action == "replace"
+    new, gone = RTM_NEWNEIGH, RTM_DELNEIGH
+    if isinstance(e, Fdb):
+        idx = indexes.get(e.dev)
+        if idx is None:
+            return None, None
+        tail = _mac(e.mac) + e.dst.packed
+        keys = (_ECHO_HEAD.pack(new, AF_BRIDGE, idx) + tail, _ECHO_HEAD.pack(gone, AF_BRIDGE, idx) + tail)
+        return keys if add else (keys[1], keys[0])
+    if isinstance(e, Neigh):
+        idx = indexes.get(e.dev)
+        if idx is None:
+            return None, None
+        deleted = _ECHO_HEAD.pack(gone, AF_INET if e.ip.version == 4 else AF_INET6, idx) + e.ip.packed
+        # A neighbour's creation carries our port id (the BPF filter drops it); only its deletion needs a key.
+        return (None, deleted) if add else (deleted, None)
+    return None, None
+
+
+def echo_key(op: Op, indexes: dict[str, int]) -> bytes | None:
+    """How the kernel will report ``op`` where it does not stamp our port id on the notification.
+
+    vxlan reports FDB changes, and the neighbour table reports deletions, with port id 0 whoever asked, so
+    the BPF filter cannot drop them. Their raw identity (type, family, device, MAC, address) is enough to
+    recognise our own: ``Monitor.read`` drops a notification whose key was expected, unparsed.
+    """
+    return _echo_keys(op, indexes)[0]
+
+
+def expect_echoes(expected: set[bytes], ops: Sequence[Op], indexes: dict[str, int]) -> None:
+    """Note the echoes ``ops`` will cause. An op that causes none (a replace that changes nothing, a delete of
+    what is gone) leaves its key behind; the opposite change forgets it, so a stale "deleted" key can never
+    hide a later deletion by someone else of an entry we re-added."""
+    if len(expected) + len(ops) > ECHO_LIMIT:
+        expected.clear()
+    for op in ops:
+        key, opposite = _echo_keys(op, indexes)
+        if opposite is not None:
+            expected.discard(opposite)
+        if key is not None:
+            expected.add(key)
+
+
 def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, memoryview]]:
     """(type, flags, seq, port id, payload) for each netlink message in a datagram."""
     view = memoryview(data)
@@ -297,14 +348,19 @@ class BulkNetlink:
         self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
         return self.seq
 
-    def apply(self, ops: Sequence[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
+    def apply(self, ops: Sequence[Op], indexes: dict[str, int],
+              echoes: set[bytes] | None = None) -> list[tuple[Op, str]]:
         """Send every op, pipelined; return (op, reason) for those not known to be done.
+
+        ``echoes``: where to note the notifications these ops will cause (``expect_echoes``), before they are sent.
 
         A delete of something already gone counts as done. Each batch is closed by a fence (see the module
         docstring); the ops of a batch whose fence was not answered (ENOBUFS, or no answer within
         RECV_TIMEOUT) are returned as failed unless their error already arrived, so the caller re-applies.
         """
         failed: list[tuple[Op, str]] = []
+        if echoes is not None:
+            expect_echoes(echoes, ops, indexes)
         i = 0
         while i < len(ops):
             batch: dict[int, Op] = {}
@@ -479,6 +535,28 @@ def echo_filter(ports: Collection[int]) -> bytes:
     return b"".join(prog)
 
 
+def _expected_echo(mtype: int, payload: memoryview, expected: set[bytes]) -> bool:
+    """True (and the key used up) if this neighbour-table notification is one ``expect_echoes`` noted."""
+    fam, ifindex, _state, _flags, _type = _NDMSG.unpack_from(payload, 0)
+    a = _attrs(payload, _NDMSG.size)
+    dst = a.get(NDA_DST)
+    if dst is None:
+        return False
+    if fam == AF_BRIDGE:
+        lladdr = a.get(NDA_LLADDR)
+        if lladdr is None:
+            return False
+        key = _ECHO_HEAD.pack(mtype, fam, ifindex) + bytes(lladdr) + bytes(dst)
+    elif mtype == RTM_DELNEIGH:
+        key = _ECHO_HEAD.pack(mtype, fam, ifindex) + bytes(dst)
+    else:
+        return False
+    if key in expected:
+        expected.discard(key)
+        return True
+    return False
+
+
 class Monitor:
     """A non-blocking rtnetlink socket subscribed to link, neighbour and route notifications."""
 
@@ -515,14 +593,16 @@ class Monitor:
             return False
         return True
 
-    def read(self, owned: Owned, ours: Collection[int] = ()) -> list[Change | LinkGone | Overrun]:
+    def read(self, owned: Owned, ours: Collection[int] = (),
+             expected: set[bytes] | None = None) -> list[Change | LinkGone | Overrun]:
         """Everything queued now (never blocks).
 
         ``ours``: the port ids of the sockets our own changes are sent from. The kernel stamps route and
         (ARP/NDP) neighbour notifications with the port id of the request that caused them, so those are
         our own echoes and are dropped unparsed: the caller's mirror already holds what it applied. FDB
         notifications from vxlan and neighbour deletions carry port id 0 whoever asked, so they are always
-        parsed (tests/netns/test_nlbulk_echoes.py pins what this kernel does).
+        parsed, unless ``expected`` (see ``expect_echoes``) holds their key: then they are our own too and
+        are dropped (tests/netns/test_nlbulk_echoes.py pins what this kernel does).
         """
         out: list[Change | LinkGone | Overrun] = []
         while True:
@@ -543,6 +623,8 @@ class Monitor:
                     if r is not None:
                         out.append(Change(r, mtype == RTM_DELROUTE))
                 elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                    if expected and _expected_echo(mtype, payload, expected):
+                        continue
                     n = parse_neigh(payload, owned, mtype == RTM_DELNEIGH)
                     if n is not None:
                         out.append(Change(n, mtype == RTM_DELNEIGH))

@@ -49,6 +49,8 @@ class RtnlDataplane:
     def __init__(self, nl: NetlinkThread) -> None:
         self.nl = nl
         self._inline: BulkNetlink | None = None
+        # Keys of the notifications our own applies will cause that carry no port id (nlbulk.expect_echoes).
+        self._echoes: set[bytes] = set()
         # type(entry) -> (apply, observe) for entries that are not rtnetlink objects.
         self.extra: dict[type, tuple[Applier, Observer]] = {}
 
@@ -66,9 +68,9 @@ class RtnlDataplane:
         if not mine:
             failed: list[tuple[Op, str]] = []
         elif len(mine) <= INLINE_MAX:
-            failed = self._inline_bulk().apply(mine, indexes)
+            failed = self._inline_bulk().apply(mine, indexes, self._echoes)
         else:
-            failed = await self.nl.run(lambda n: n.bulk.apply(mine, indexes))
+            failed = await self.nl.run(lambda n: n.bulk.apply(mine, indexes, self._echoes))
         for kind, (apply, _obs) in self.extra.items():
             theirs = [op for op in ops if type(op.entry) is kind]
             if theirs:
@@ -97,7 +99,7 @@ class RtnlDataplane:
                 await ready.wait()
                 ready.clear()
                 out: list[KernelChange | Overflow] = []
-                for c in mon.read(owned(scope, indexes()), ours):
+                for c in mon.read(owned(scope, indexes()), ours, self._echoes):
                     if isinstance(c, Change):
                         out.append(KernelChange(c.entry, c.gone))
                     elif isinstance(c, LinkGone):

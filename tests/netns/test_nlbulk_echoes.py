@@ -74,6 +74,34 @@ out["filtered_ours"] = drain_filtered()
 with IPRoute() as ipr:
     ipr.route("del", dst=str(sn), gateway=str(sn.network_address), oif=dev)
 out["filtered_theirs"] = drain_filtered()
+
+# The notifications without our port id (FDB changes, neighbour deletions): recognised by the keys noted when
+# the ops were sent (nlbulk.expect_echoes), read with the filter on and an expected-echo set.
+expected = set()
+
+def drain_expected():
+    time.sleep(0.2)
+    return sorted(f"{'-' if c.gone else '+'}{type(c.entry).__name__}" for c in filtered.read(owned, (), expected)
+                  if isinstance(c, Change))
+
+assert b.apply(order([Op("delete", e) for e in entries]), idx, expected) == []
+out["expected_ours_deleted"] = drain_expected()
+assert b.apply(order([Op("replace", e) for e in entries]), idx, expected) == []
+out["expected_ours_added"] = drain_expected()
+out["expected_left"] = len(expected)
+with IPRoute() as ipr:  # someone else removes the FDB entry and the neighbour: reported
+    ipr.fdb("del", ifindex=dev, lladdr=mac, dst="198.18.1.8")
+    ipr.neigh("del", dst=str(sn.network_address), lladdr=mac, ifindex=dev)
+out["expected_theirs"] = drain_expected()
+# A delete of what is already gone causes no echo and leaves its key; re-adding forgets it, so a later
+# deletion by someone else is still reported.
+assert b.apply(order([Op("delete", e) for e in entries[:2]]), idx, expected) == []
+assert b.apply(order([Op("replace", e) for e in entries[:2]]), idx, expected) == []
+drain_expected()
+with IPRoute() as ipr:
+    ipr.fdb("del", ifindex=dev, lladdr=mac, dst="198.18.1.8")
+    ipr.neigh("del", dst=str(sn.network_address), lladdr=mac, ifindex=dev)
+out["stale_key_theirs"] = drain_expected()
 print(json.dumps(out))
 '''
 
@@ -104,3 +132,10 @@ def test_own_echoes_skipped_others_reported(ns: str) -> None:
     assert out["filter_attached"]
     assert out["filtered_ours"] == ["+Fdb"]
     assert out["filtered_theirs"] == ["-Route"]
+    # With the expected-echo keys, our FDB changes and neighbour deletions are dropped too, and nothing is
+    # left over; someone else's deletions are reported, also after a delete of what was already gone.
+    assert out["expected_ours_deleted"] == []
+    assert out["expected_ours_added"] == []
+    assert out["expected_left"] == 0
+    assert out["expected_theirs"] == ["-Fdb", "-Neigh"]
+    assert out["stale_key_theirs"] == ["-Fdb", "-Neigh"]
