@@ -458,9 +458,11 @@ class Daemon:
             self._note_rejected(changed)
             if changed or resync:
                 self.ready.in_sync = False  # until the pass that applies it
-            rec.mark(changed)
             if resync:
+                rec.mark(changed)
                 rec.request_full("lease stream resync")
+            else:
+                await rec.apply_now(changed)
             self.synced.set()
 
     def on_lease_replaced(self, lease: Lease) -> None:

@@ -96,6 +96,29 @@ class Reconciler:
         if len(self.dirty) != before:
             self.wake.set()
 
+    async def apply_now(self, keys: Iterable[str]) -> None:
+        """Plan and apply ``keys`` in the caller's task, or leave them to the loop.
+
+        A lease event's few ops are applied by the task that decoded the event, without waking the
+        reconciler's task: one task switch less per event, on the put -> route path. The loop still runs
+        every pass that is not this simple: the first and every full pass, a pass already under way, and
+        retries, which keep their backoff.
+        """
+        if self.need_full or self._failing or self._lock.locked() or not self.first_pass.is_set():
+            self.mark(keys)
+            return
+        self.dirty.update(keys)
+        if not self.dirty and not self.foreign:
+            return
+        try:
+            failed = await self.reconcile_once()
+        except Exception:  # as in run(): a pass must not kill its caller; the loop takes over
+            log.exception("reconcile pass failed")
+            self.request_full("previous pass failed")
+            return
+        if failed:
+            self.wake.set()  # the loop retries them, with backoff
+
     def request_full(self, reason: str) -> None:
         if not self.need_full:
             log.debug("full resync requested: %s", reason)
