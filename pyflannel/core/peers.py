@@ -92,6 +92,17 @@ class _BlockIndex:
         if i < len(self.starts) and self.starts[i] == (lo, plen, key):
             del self.starts[i]
 
+    def add_many(self, items: Iterable[tuple[str, int, int]]) -> None:
+        """``add`` for each (key, lo, plen), sorting the starts once instead of inserting one at a time."""
+        blocks, plens = self.blocks, self.plens
+        for key, lo, plen in items:
+            keys = blocks.setdefault((lo, plen), set())
+            if key not in keys:
+                keys.add(key)
+                plens[plen] = plens.get(plen, 0) + 1
+                self.starts.append((lo, plen, key))
+        self.starts.sort()
+
     def overlapping(self, lo: int, plen: int) -> Iterable[str]:
         """Keys of every block that overlaps (lo/plen), itself included."""
         bits = self.bits
@@ -252,12 +263,29 @@ class PeerTable:
     def replace_all(self, leases: Iterable[tuple[str, Lease]]) -> set[str]:
         """A resync: the whole set. Returns the keys whose verdict changed."""
         new = dict(leases)
+        if not self.leases:
+            return self._load(new)
         changed: set[str] = set()
         for key in [k for k in self.leases if k not in new]:
             changed |= self.remove(key)
         for key, le in new.items():
             changed |= self.put(key, le)
         return changed
+
+    def _load(self, new: dict[str, Lease]) -> set[str]:
+        """Fill an empty table (a node's first listing): every lease checked, the candidates indexed in one
+        go, then each judged once, instead of re-judging the overlaps of every lease as it is put."""
+        by_family: dict[int, list[tuple[str, int, int]]] = {4: [], 6: []}
+        for key, le in new.items():
+            self.leases[key] = le
+            self._why[key] = why = self._check(key, le)
+            if why == "":
+                for sn in self._subnets(le):
+                    by_family[sn.version].append((key, _span(sn)[0], sn.prefixlen))
+        for version, items in by_family.items():
+            if items:
+                self._index[version].add_many(items)
+        return self._rejudge(set(new))
 
     def set_own(self, own: Lease | None) -> set[str]:
         """Our lease changed: every verdict is judged again. Returns the keys that changed."""

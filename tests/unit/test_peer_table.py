@@ -105,9 +105,19 @@ def test_incremental_equals_batch_and_is_safe(leases: list[tuple[IPv4Network, in
         else:
             inc.put(k, le)
             final[k] = le
-    fresh = table()
-    fresh.replace_all(final.items())
+    fresh = table()  # an empty table takes the bulk load
+    assert fresh.replace_all(final.items()) == {k for k, v in inc.verdicts.items()}
     assert inc.verdicts == fresh.verdicts
+    one_by_one = table()
+    for k, le in final.items():
+        one_by_one.put(k, le)
+    assert one_by_one.verdicts == fresh.verdicts
+    # ... and leaves the same index behind: the same next event changes the same keys.
+    for k, le in list(final.items())[:3]:
+        assert fresh.remove(k) == one_by_one.remove(k)
+        assert fresh.verdicts == one_by_one.verdicts
+        assert fresh.put(k, le) == one_by_one.put(k, le)
+        assert fresh.verdicts == one_by_one.verdicts
     # No two routed leases overlap, and a routable node-sized lease is never shadowed by a wider one.
     routed = [inc.leases[k].subnet for k in inc.routed()]
     for i, a in enumerate(routed):
