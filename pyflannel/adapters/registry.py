@@ -140,15 +140,18 @@ class SubnetRegistry:
 
     async def list_leases(self) -> tuple[list[EtcdLease], list[BadLease], int]:
         """All parsable leases, the unparsable keys, and the revision of the snapshot."""
-        res = await self.client.get_prefix(self.subnets_prefix)
         leases: list[EtcdLease] = []
         bad: list[BadLease] = []
-        for kv in res.kvs:
-            try:
-                leases.append(decode_lease(kv))
-            except LeaseFormatError as e:
-                bad.append(BadLease(kv.key, str(e)))
-        return leases, bad, res.revision
+        revision = 0
+        # Page by page: each page is decoded while etcd prepares the next (EtcdClient.prefix_pages).
+        async for kvs, rev in self.client.prefix_pages(self.subnets_prefix):
+            revision = rev
+            for kv in kvs:
+                try:
+                    leases.append(decode_lease(kv))
+                except LeaseFormatError as e:
+                    bad.append(BadLease(kv.key, str(e)))
+        return leases, bad, revision
 
     async def create_lease(
         self, subnet: IPv4Network | None, attrs: LeaseAttrs, ttl: int = LEASE_TTL, subnet6: IPv6Network | None = None

@@ -369,3 +369,32 @@ def test_cluster_survives_losing_a_member(etcd_cluster: Any) -> None:
             assert c.endpoint != etcd_cluster.members[0].client_url
 
     run(go)
+
+
+def test_listing_in_pages_is_one_snapshot(etcd: EtcdServer) -> None:
+    """prefix_pages asks for the next page before handing this one over; the pages still come from one
+    revision, a key written between two pages is not in the listing, and stopping early leaves no request."""
+    async def go() -> None:
+        async with client_for(etcd) as c:
+            base = f"{PREFIX}/pages/"
+            for i in range(25):
+                await c.put(f"{base}k{i:02d}", f"v{i}")
+            full = await c.get_prefix(base, page=10)
+            assert [kv.key for kv in full.kvs] == [f"{base}k{i:02d}" for i in range(25)]
+            pages: list[list[str]] = []
+            revs = set()
+            async for kvs, rev in c.prefix_pages(base, page=10):
+                pages.append([kv.key for kv in kvs])
+                revs.add(rev)
+                if len(pages) == 1:
+                    await c.put(f"{base}k99", "late")  # after the snapshot's revision
+            assert [len(p) for p in pages] == [10, 10, 5]
+            assert revs == {full.revision}
+            assert f"{base}k99" not in sum(pages, [])
+            stream = c.prefix_pages(base, page=10)
+            async for _ in stream:
+                break  # the second page's request is in flight: closing cancels it
+            await stream.aclose()  # type: ignore[attr-defined]
+            assert len((await c.get_prefix(base)).kvs) == 26
+
+    run(go)
