@@ -587,6 +587,10 @@ class Daemon:
         self._env_allowed = True
         self.write_subnet_env()
         self._step("subnet file")
+        if self.reconciler is not None and self.reconciler.stats.passes:
+            # The first pass may have finished first and written the status file with "rules not installed";
+            # a readiness change is written at once (DaemonMetrics.after_pass), so flannelctl sees it now.
+            self.metrics.after_pass(self)
 
     def lease_attrs(self) -> Any:
         assert self.backend is not None and self.uplink is not None
