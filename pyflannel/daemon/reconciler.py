@@ -310,8 +310,9 @@ class Reconciler:
             adds = sum(1 for o in ops if o.action == "replace")
             log.info("applied %d changes (%d add/replace, %d delete)", len(ops) - len(failed), adds,
                      len(ops) - adds)
-            for op in ops:
-                log.debug("%s", op)
+            if log.isEnabledFor(logging.DEBUG):  # a join is 15,000 ops: not even the call when it is off
+                for op in ops:
+                    log.debug("%s", op)
         if failed and not self._failing:
             for op, why in failed[:DETAIL_LIMIT]:
                 log.error("failed to %s %s: %s (will retry)", op.action, describe(op.entry), why)
