@@ -182,7 +182,12 @@ ECHO_LIMIT = 1 << 16
 
 
 def _echo_keys(op: Op, indexes: dict[str, int]) -> tuple[bytes | None, bytes | None]:
-    """(the key of the notification ``op`` causes without our port id, the key of the opposite change)."""
+    """(the key of the notification ``op`` causes without our port id, the key of the opposite change).
+
+    vxlan reports FDB changes, and the neighbour table reports deletions, with port id 0 whoever asked, so
+    the BPF filter cannot drop them. Their raw identity (type, family, device, MAC, address) is enough to
+    recognise our own: ``Monitor.read`` drops a notification whose key was expected, unparsed.
+    """
     e = op.entry
     add = op.action == "replace"
     new, gone = RTM_NEWNEIGH, RTM_DELNEIGH
@@ -201,16 +206,6 @@ def _echo_keys(op: Op, indexes: dict[str, int]) -> tuple[bytes | None, bytes | N
         # A neighbour's creation carries our port id (the BPF filter drops it); only its deletion needs a key.
         return (None, deleted) if add else (deleted, None)
     return None, None
-
-
-def echo_key(op: Op, indexes: dict[str, int]) -> bytes | None:
-    """How the kernel will report ``op`` where it does not stamp our port id on the notification.
-
-    vxlan reports FDB changes, and the neighbour table reports deletions, with port id 0 whoever asked, so
-    the BPF filter cannot drop them. Their raw identity (type, family, device, MAC, address) is enough to
-    recognise our own: ``Monitor.read`` drops a notification whose key was expected, unparsed.
-    """
-    return _echo_keys(op, indexes)[0]
 
 
 def expect_echoes(expected: set[bytes], ops: Sequence[Op], indexes: dict[str, int]) -> None:

@@ -298,12 +298,7 @@ class PeerTable:
         before = self.verdicts
         self.verdicts = {}
         self._why.clear()
-        for key, le in leases:
-            self.leases[key] = le
-            self._why[key] = why = self._check(key, le)
-            if why == "":
-                self._index_op(key, le, True)
-        self._rejudge(set(self.leases))
+        self._load(dict(leases))
         keys = before.keys() | self.verdicts.keys()
         return {k for k in keys if before.get(k, SKIPPED) != self.verdicts.get(k, SKIPPED)}
 
