@@ -11,7 +11,8 @@ Small applies (one lease event's few ops) skip the thread: they go out on a seco
 by the event loop. Handing a 3-op batch to the netlink thread and back cost more CPU (queue, futex
 wake-ups, GIL hand-offs, the loop's self-pipe) than sending it; the kernel answers such a batch in
 well under a millisecond, and that socket's recv is bounded by ``INLINE_TIMEOUT`` so a stuck kernel
-cannot stall the loop for long.
+cannot stall the loop for long. Such an apply also reads the monitor at once (``_drain_monitor``), so the
+echoes the kernel cannot filter are dropped without a second wake-up of the loop per lease event.
 
 Entry types that are not rtnetlink objects (WireGuard peers) are applied and observed by the
 handlers the catalog registers for them.
@@ -53,6 +54,10 @@ class RtnlDataplane:
         self._echoes: set[bytes] = set()
         # type(entry) -> (apply, observe) for entries that are not rtnetlink objects.
         self.extra: dict[type, tuple[Applier, Observer]] = {}
+        # While ``changes`` runs: how to read its monitor now, what such reads found for it, and its wake-up.
+        self._read_monitor: Callable[[], list[KernelChange | Overflow]] | None = None
+        self._drained: list[KernelChange | Overflow] = []
+        self._monitor_ready: asyncio.Event | None = None
 
     def register(self, kind: type, apply: Applier, observe: Observer) -> None:
         self.extra[kind] = (apply, observe)
@@ -69,6 +74,7 @@ class RtnlDataplane:
             failed: list[tuple[Op, str]] = []
         elif len(mine) <= INLINE_MAX:
             failed = self._inline_bulk().apply(mine, indexes, self._echoes)
+            self._drain_monitor()
         else:
             failed = await self.nl.run(lambda n: n.bulk.apply(mine, indexes, self._echoes))
         for kind, (apply, _obs) in self.extra.items():
@@ -91,26 +97,51 @@ class RtnlDataplane:
         ours = frozenset((await self.nl.run(lambda n: n.bulk.portid), self._inline_bulk().portid))
         if not mon.drop_echoes(ours):
             log.debug("the kernel refused the echo filter on the monitor socket; echoes are skipped when read")
+
+        def read() -> list[KernelChange | Overflow]:
+            out: list[KernelChange | Overflow] = []
+            for c in mon.read(owned(scope, indexes()), ours, self._echoes):
+                if isinstance(c, Change):
+                    out.append(KernelChange(c.entry, c.gone))
+                elif isinstance(c, LinkGone):
+                    out.append(Overflow(f"device {c.name} {c.what}"))
+                elif isinstance(c, Overrun):
+                    out.append(Overflow())
+            return out
+
         loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
+        self._monitor_ready = ready = asyncio.Event()
+        self._read_monitor = read
         loop.add_reader(mon.fileno(), ready.set)
         try:
             while True:
                 await ready.wait()
                 ready.clear()
-                out: list[KernelChange | Overflow] = []
-                for c in mon.read(owned(scope, indexes()), ours, self._echoes):
-                    if isinstance(c, Change):
-                        out.append(KernelChange(c.entry, c.gone))
-                    elif isinstance(c, LinkGone):
-                        out.append(Overflow(f"device {c.name} {c.what}"))
-                    elif isinstance(c, Overrun):
-                        out.append(Overflow())
+                out, self._drained = self._drained, []
+                out.extend(read())
                 if out:
                     yield out
         finally:
+            self._read_monitor = self._monitor_ready = None
+            self._drained = []
             loop.remove_reader(mon.fileno())
             mon.close()
+
+    def _drain_monitor(self) -> None:
+        """Read the monitor right after a small apply, in the applying task.
+
+        The kernel queues the notifications a request causes before it answers the request, so the ones
+        the BPF filter cannot drop (FDB changes and neighbour deletions, which carry no port id) are already
+        there. Read now, they are recognised as ours and dropped while this task is running, and the loop
+        does not wake a second time per lease event just to drop them. Anything else found is handed to the
+        ``changes`` consumer as if it had been read there.
+        """
+        if self._read_monitor is None or self._monitor_ready is None:
+            return
+        found = self._read_monitor()
+        if found:
+            self._drained.extend(found)
+            self._monitor_ready.set()
 
     async def query(self, fn: Callable[[Any], T]) -> T:
         return await self.nl.run(fn)
