@@ -12,6 +12,7 @@ import sys
 BENCHES = [
     ["bench.scale"],  # issue 11: pyflannel vs Go flanneld v0.28.9, 1000/5000 peers (about 10 min)
     ["bench.cluster_bench"],  # 3 nodes, pyflannel then Go flanneld
+    ["bench.watch_latency"],  # etcd's JSON gateway watch against its gRPC watch (builds bench/watchlat with Go)
     ["bench.join"],
     ["bench.iperf"],
     ["bench.iperf_backends"],
