@@ -57,3 +57,9 @@ def make_cluster(netns_prefix: str, tmp_path: Path) -> Iterator[Callable[..., Cl
     yield factory
     for cluster in made:
         cluster.down()
+
+
+@pytest.fixture
+def node_ns(make_cluster: Callable[..., Cluster]) -> str:
+    """The namespace of a one-node cluster (make_cluster tears it down)."""
+    return make_cluster(nodes=1).nodes[0].ns

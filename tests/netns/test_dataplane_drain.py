@@ -8,20 +8,14 @@ apply (``_drain_monitor``). Counted here: the event loop's wake-ups for the moni
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Callable
-
 import pytest
-from support.cluster import Cluster
+from support.nsscript import run_with_vxlan
 
 pytestmark = pytest.mark.root
 
 SCRIPT = r'''
 import asyncio, json
 from ipaddress import IPv4Address, IPv4Network
-from pyroute2 import IPRoute
 from pyflannel.adapters.netlink import NetlinkThread
 from pyflannel.adapters.nlbulk import BulkNetlink
 from pyflannel.adapters.rtnl_dataplane import RtnlDataplane
@@ -29,13 +23,6 @@ from pyflannel.core.model import Fdb, Neigh, Route
 from pyflannel.core.plan import Op, order
 from pyflannel.ports import KernelChange, Overflow, Scope
 
-with IPRoute() as ipr:
-    eth0 = ipr.link_lookup(ifname="eth0")[0]
-    ipr.link("add", ifname="flannel.1", kind="vxlan", vxlan_id=1, vxlan_link=eth0,
-             vxlan_local="198.18.0.11", vxlan_learning=0)
-    dev = ipr.link_lookup(ifname="flannel.1")[0]
-    ipr.link("set", index=dev, state="up")
-idx = {"flannel.1": dev, "eth0": eth0}
 scope = Scope(devices=("flannel.1",), uplink="eth0")
 
 
@@ -100,17 +87,8 @@ asyncio.run(main())
 '''
 
 
-@pytest.fixture
-def ns(make_cluster: Callable[..., Cluster]) -> str:
-    """The namespace of a one-node cluster (conftest's make_cluster tears it down)."""
-    return make_cluster(nodes=1).nodes[0].ns
-
-
-def test_small_apply_reads_its_own_echoes(ns: str) -> None:
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+def test_small_apply_reads_its_own_echoes(node_ns: str) -> None:
+    out = run_with_vxlan(node_ns, SCRIPT)
     assert out["replace_failed"] == 0 and out["delete_failed"] == 0
     # No wake-up of the loop for our own FDB change or neighbour deletion, and nothing reported.
     assert out["replace_wakes"] == 0

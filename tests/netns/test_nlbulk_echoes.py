@@ -9,13 +9,8 @@ carry port id 0 whoever asked, so those are always reported.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Callable
-
 import pytest
-from support.cluster import Cluster
+from support.nsscript import run_with_vxlan
 
 pytestmark = pytest.mark.root
 
@@ -27,13 +22,6 @@ from pyflannel.adapters.nlbulk import BulkNetlink, Change, Monitor, Owned
 from pyflannel.core.model import Fdb, Neigh, Route
 from pyflannel.core.plan import Op, order
 
-with IPRoute() as ipr:
-    eth0 = ipr.link_lookup(ifname="eth0")[0]
-    ipr.link("add", ifname="flannel.1", kind="vxlan", vxlan_id=1, vxlan_link=eth0,
-             vxlan_local="198.18.0.11", vxlan_learning=0)
-    dev = ipr.link_lookup(ifname="flannel.1")[0]
-    ipr.link("set", index=dev, state="up")
-idx = {"flannel.1": dev, "eth0": eth0}
 owned = Owned({dev: "flannel.1"}, eth0, "eth0", ())
 mon = Monitor()
 b = BulkNetlink()
@@ -106,17 +94,8 @@ print(json.dumps(out))
 '''
 
 
-@pytest.fixture
-def ns(make_cluster: Callable[..., Cluster]) -> str:
-    """The namespace of a one-node cluster (conftest's make_cluster tears it down)."""
-    return make_cluster(nodes=1).nodes[0].ns
-
-
-def test_own_echoes_skipped_others_reported(ns: str) -> None:
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+def test_own_echoes_skipped_others_reported(node_ns: str) -> None:
+    out = run_with_vxlan(node_ns, SCRIPT)
     assert out["portid_nonzero"]
     # Our route and neighbour echoes are dropped; the FDB echo (port id 0) still arrives.
     assert out["ours_skipped"] == ["+Fdb"]

@@ -6,32 +6,22 @@ A stock Debian host caps SO_RCVBUF at net.core.rmem_max = 212992 (the kernel dou
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.cluster import Cluster
+from support.nsscript import run_with_vxlan
 
 pytestmark = pytest.mark.root
 
 SCRIPT = r'''
 import json, sys
 from ipaddress import IPv4Address, IPv4Network
-from pyroute2 import IPRoute
 from pyflannel.adapters.nlbulk import BulkNetlink, Owned
 from pyflannel.core.model import Fdb, Neigh, Route
 from pyflannel.core.plan import Op, order
 
 STOCK = 212992
 mode = sys.argv[1]
-with IPRoute() as ipr:
-    eth0 = ipr.link_lookup(ifname="eth0")[0]
-    ipr.link("add", ifname="flannel.1", kind="vxlan", vxlan_id=1, vxlan_link=eth0,
-             vxlan_local="198.18.0.11", vxlan_learning=0)
-    dev = ipr.link_lookup(ifname="flannel.1")[0]
-    ipr.link("set", index=dev, state="up")
 ops = []
 for n in range(2000):
     sn = IPv4Network((int(IPv4Address("100.64.0.0")) + (n + 8) * 8, 29))
@@ -40,7 +30,6 @@ for n in range(2000):
     ops += [Op("replace", Neigh(sn.network_address, mac, "flannel.1")), Op("replace", Fdb(mac, pub, "flannel.1")),
             Op("replace", Route(sn, sn.network_address, "flannel.1", True))]
 ops = order(ops)
-idx = {"flannel.1": dev, "eth0": eth0}
 b = BulkNetlink(rcvbuf=STOCK)
 out = {"rcvbuf": b.rcvbuf, "max_in_flight": b.max_in_flight}
 first_idx = idx
@@ -65,41 +54,30 @@ print(json.dumps(out))
 '''
 
 
-@pytest.fixture
-def ns(make_cluster: Callable[..., Cluster]) -> str:
-    """The namespace of a one-node cluster (conftest's make_cluster tears it down)."""
-    return make_cluster(nodes=1).nodes[0].ns
-
-
 def run(ns: str, mode: str) -> dict[str, Any]:
-    import json
-
-    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, mode], capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout)  # type: ignore[no-any-return]
+    return run_with_vxlan(ns, SCRIPT, mode, timeout=120)
 
 
-def test_2000_peers_with_a_stock_receive_buffer(ns: str) -> None:
-    r = run(ns, "sized")
+def test_2000_peers_with_a_stock_receive_buffer(node_ns: str) -> None:
+    r = run(node_ns, "sized")
     assert r["rcvbuf"] == 2 * 212992  # what the kernel really granted
     assert r["max_in_flight"] < 2500  # batches sized from it, not from the request count
     assert r["failed_first"] == 0 and r["overflows"] == 0
     assert r["installed"] == 6000
 
 
-def test_every_request_failing_fits_the_sized_batches(ns: str) -> None:
+def test_every_request_failing_fits_the_sized_batches(node_ns: str) -> None:
     # Successes are not answered (only errors and each batch's fence are), so the worst case for the buffer
     # is a batch whose every request fails: the batches are sized so that even then nothing is lost.
-    r = run(ns, "errors")
+    r = run(node_ns, "errors")
     assert r["overflows"] == 0
     assert r["failed_first"] == 6000 and r["failed_first_reasons"] == ["No such device"]
     assert r["failed_second"] == 0
     assert r["installed"] == 6000
 
 
-def test_lost_error_answers_are_reported_not_raised(ns: str) -> None:
-    r = run(ns, "overflow")
+def test_lost_error_answers_are_reported_not_raised(node_ns: str) -> None:
+    r = run(node_ns, "overflow")
     # With every failing request in one batch the error answers overflow the buffer: which ops failed is
     # then unknown, so every op without a known outcome comes back as failed (no exception escapes), and one
     # re-observe + apply installs them.
