@@ -64,6 +64,22 @@ def _lan(a: bytes) -> bool:
     return a[0] == 198 and a[1] & 0xFE == 18
 
 
+def _pick(data: bytes, a: int, end: int, first: int, second: int) -> tuple[bytes | None, bytes | None]:
+    """The payloads of attribute types ``first`` and ``second`` among the attributes from ``a`` to ``end``."""
+    one = two = None
+    while a + 4 <= end:
+        alen, akind = _ATTR.unpack_from(data, a)
+        if alen < 4:
+            break
+        akind &= 0x3FFF
+        if akind == first:
+            one = data[a + 4:a + alen]
+        elif akind == second:
+            two = data[a + 4:a + alen]
+        a += (alen + 3) & ~3
+    return one, two
+
+
 def _handle(data: bytes, now: float) -> None:
     """Fold one read's notifications into the mirror.
 
@@ -82,35 +98,15 @@ def _handle(data: bytes, now: float) -> None:
             if mtype == 24 or mtype == 25:
                 family, dst_len, _sl, _tos, table = _RTM.unpack_from(data, off + 16)
                 if family == 2:
-                    dst = None
-                    a = off + 28
-                    while a + 4 <= end:
-                        alen, akind = _ATTR.unpack_from(data, a)
-                        if alen < 4:
-                            break
-                        akind &= 0x3FFF
-                        if akind == 1:
-                            dst = data[a + 4:a + 8]
-                        elif akind == 15:
-                            table = _U32.unpack_from(data, a + 4)[0]
-                        a += (alen + 3) & ~3
+                    dst, tbl = _pick(data, off + 28, end, 1, 15)  # RTA_DST, RTA_TABLE
+                    if tbl is not None:
+                        table = _U32.unpack(tbl)[0]
                     if table == 254 and dst is not None and _pod(dst):
                         _set("route", routes, f"{socket.inet_ntoa(dst)}/{dst_len}", mtype == 24, now)
                         changed = True
             elif mtype == 28 or mtype == 29:
                 family, _ifindex, state = _NDM.unpack_from(data, off + 16)
-                dst = mac = None
-                a = off + 28
-                while a + 4 <= end:
-                    alen, akind = _ATTR.unpack_from(data, a)
-                    if alen < 4:
-                        break
-                    akind &= 0x3FFF
-                    if akind == 1:
-                        dst = data[a + 4:a + alen]
-                    elif akind == 2:
-                        mac = data[a + 4:a + alen]
-                    a += (alen + 3) & ~3
+                dst, mac = _pick(data, off + 28, end, 1, 2)  # NDA_DST, NDA_LLADDR
                 if dst is not None and len(dst) == 4:
                     if family == 2 and _pod(dst) and (state & 0x80 or mtype == 29):
                         _set("neigh", neigh, socket.inet_ntoa(dst), mtype == 28, now)
