@@ -54,10 +54,9 @@ class RtnlDataplane:
         self._echoes: set[bytes] = set()
         # type(entry) -> (apply, observe) for entries that are not rtnetlink objects.
         self.extra: dict[type, tuple[Applier, Observer]] = {}
-        # While ``changes`` runs: how to read its monitor now, what such reads found for it, and its wake-up.
-        self._read_monitor: Callable[[], list[KernelChange | Overflow]] | None = None
+        # While ``changes`` runs: how to read its monitor now and its wake-up; what such reads found for it.
+        self._monitor: tuple[Callable[[], list[KernelChange | Overflow]], asyncio.Event] | None = None
         self._drained: list[KernelChange | Overflow] = []
-        self._monitor_ready: asyncio.Event | None = None
 
     def register(self, kind: type, apply: Applier, observe: Observer) -> None:
         self.extra[kind] = (apply, observe)
@@ -110,8 +109,8 @@ class RtnlDataplane:
             return out
 
         loop = asyncio.get_running_loop()
-        self._monitor_ready = ready = asyncio.Event()
-        self._read_monitor = read
+        ready = asyncio.Event()
+        self._monitor = (read, ready)
         loop.add_reader(mon.fileno(), ready.set)
         try:
             while True:
@@ -122,7 +121,7 @@ class RtnlDataplane:
                 if out:
                     yield out
         finally:
-            self._read_monitor = self._monitor_ready = None
+            self._monitor = None
             self._drained = []
             loop.remove_reader(mon.fileno())
             mon.close()
@@ -136,12 +135,13 @@ class RtnlDataplane:
         does not wake a second time per lease event just to drop them. Anything else found is handed to the
         ``changes`` consumer as if it had been read there.
         """
-        if self._read_monitor is None or self._monitor_ready is None:
+        if self._monitor is None:
             return
-        found = self._read_monitor()
+        read, ready = self._monitor
+        found = read()
         if found:
             self._drained.extend(found)
-            self._monitor_ready.set()
+            ready.set()
 
     async def query(self, fn: Callable[[Any], T]) -> T:
         return await self.nl.run(fn)
