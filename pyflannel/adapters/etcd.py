@@ -190,6 +190,7 @@ class EtcdClient:
         password: str | None = None,
         timeout: float = 5.0,
         rng: random.Random | None = None,
+        grpc_watch: bool = True,
     ) -> None:
         eps = [e.strip().rstrip("/") for e in endpoints if e.strip()]
         if not eps:
@@ -216,6 +217,12 @@ class EtcdClient:
         # stream has no read timeout, only the keepalive.
         self._client = http1.HttpClient(verify=verify, timeout=timeout, connect_timeout=min(timeout, 3.0),
                                         socket_options=_socket_options())
+        # Watches go over gRPC (adapters/grpc_watch.py) unless an endpoint turns out not to speak HTTP/2;
+        # those endpoints are remembered and watched through the gateway.
+        self._grpc_watch = grpc_watch
+        self._tls = tls
+        self._h2_tls: ssl.SSLContext | None = None
+        self._gateway_only: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -460,14 +467,10 @@ class EtcdClient:
         """
         idx = self._current
         endpoint = self.endpoints[idx]
-        body = {
-            "create_request": {
-                "key": _b64(prefix),
-                "range_end": prefix_range_end(prefix),
-                "start_revision": str(start_revision),
-            }
-        }
-        inner = self._watch(idx, endpoint, body)
+        if self._grpc_watch and endpoint not in self._gateway_only:
+            inner = self._watch_grpc(idx, endpoint, prefix, start_revision)
+        else:
+            inner = self._watch_gateway(idx, endpoint, prefix, start_revision)
         try:
             async with contextlib.aclosing(inner):  # the stream closes when our consumer stops
                 async for batch in inner:
@@ -478,7 +481,73 @@ class EtcdClient:
             self.errors += 1
             raise
 
-    async def _watch(self, idx: int, endpoint: str, body: dict[str, Any]) -> AsyncGenerator[WatchBatch, None]:
+    def _watch_result(self, endpoint: str, compact_revision: int, canceled: bool, reason: str) -> None:
+        """What both transports do with a response's compaction and cancel fields."""
+        if compact_revision > 0:
+            raise Compacted(compact_revision)
+        if canceled:
+            if "invalid auth token" in reason and self._auth is not None:
+                self._auth.token = None
+            raise EtcdError(f"etcd {endpoint}: watch canceled: {reason}")
+
+    async def _watch_grpc(self, idx: int, endpoint: str, prefix: str,
+                          start_revision: int) -> AsyncGenerator[WatchBatch, None]:
+        from pyflannel.adapters import grpc_watch as gw  # hpack is only needed once a watch starts
+
+        if endpoint.startswith("https://") and self._h2_tls is None:
+            # A context of its own: ALPN "h2" on the gateway client's context would make its requests HTTP/2.
+            self._h2_tls = gw.h2_context(self._tls.context() if self._tls is not None
+                                         else ssl.create_default_context())
+        message = gw.create_request(prefix.encode(), base64.b64decode(prefix_range_end(prefix)), start_revision)
+        stream: gw.GrpcWatchStream | None = None
+        responses: AsyncGenerator[gw.WatchResponse, None] | None = None
+        try:
+            token = (await self._headers(endpoint)).get("Authorization")
+            async with asyncio.timeout(self._timeout):
+                stream = await gw.open_watch(endpoint, tls=self._h2_tls, connect_timeout=min(self._timeout, 3.0),
+                                             socket_options=_socket_options(), message=message, token=token)
+                responses = stream.responses()
+                res = await anext(responses)  # etcd answers a create at once; bounded like the gateway's head
+            while True:
+                self._watch_result(endpoint, res.compact_revision, res.canceled, res.cancel_reason)
+                if res.events or res.created:
+                    yield WatchBatch(res.events, res.header_revision)
+                res = await anext(responses)
+        except gw.NotHTTP2 as e:
+            log.info("etcd %s: %s; watching it through the JSON gateway instead", endpoint, e)
+            self._gateway_only.add(endpoint)
+            if stream is not None:
+                stream.close()
+                stream = None
+            responses = None
+            async for batch in self._watch_gateway(idx, endpoint, prefix, start_revision):
+                yield batch
+        except gw.GrpcWatchError as e:
+            if "invalid auth token" in str(e) and self._auth is not None:
+                self._auth.token = None
+            self._rotate(idx)
+            raise EtcdError(f"etcd {endpoint}: watch: {e}") from None
+        except TimeoutError:
+            self._rotate(idx)
+            raise EtcdError(f"etcd {endpoint}: watch: no response within {self._timeout:g}s") from None
+        except StopAsyncIteration:
+            self._rotate(idx)
+            raise EtcdError(f"etcd {endpoint}: watch stream closed") from None
+        finally:
+            if responses is not None:
+                await responses.aclose()
+            if stream is not None:
+                stream.close()
+
+    async def _watch_gateway(self, idx: int, endpoint: str, prefix: str,
+                             start_revision: int) -> AsyncGenerator[WatchBatch, None]:
+        body = {
+            "create_request": {
+                "key": _b64(prefix),
+                "range_end": prefix_range_end(prefix),
+                "start_revision": str(start_revision),
+            }
+        }
         try:
             headers = await self._headers(endpoint)
             async with self._client.stream("POST", f"{endpoint}/v3/watch", json=body, headers=headers) as r:
@@ -498,10 +567,8 @@ class EtcdClient:
                             self._auth.token = None
                         raise EtcdError(f"etcd {endpoint}: watch: {text}")
                     res = msg.get("result", {})
-                    if int(res.get("compact_revision", 0) or 0) > 0:
-                        raise Compacted(int(res["compact_revision"]))
-                    if res.get("canceled"):
-                        raise EtcdError(f"etcd {endpoint}: watch canceled: {res.get('cancel_reason', '')}")
+                    self._watch_result(endpoint, int(res.get("compact_revision", 0) or 0), bool(res.get("canceled")),
+                                       str(res.get("cancel_reason", "")))
                     events = tuple(
                         WatchEvent(
                             type=ev.get("type", "PUT"),
