@@ -17,6 +17,9 @@ from pyflannel.core.lease import (
     Lease,
     LeaseAttrs,
     VxlanData,
+    _finite_float,
+    _reject_constant,
+    loads_strict,
     normalize_mac,
     parse_lease_attrs,
 )
@@ -446,3 +449,31 @@ def test_number_beyond_float64_makes_the_lease_bad() -> None:
     # so such a value is reported as a bad lease rather than silently rewritten.
     with pytest.raises(LeaseFormatError, match="out of range"):
         parse_lease_attrs('{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"x","BackendData":{"n":1e400}}')
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=80),
+    st.text(max_size=80),
+    st.text(max_size=40).map(lambda t: "\ufeff" + t),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                 | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
+                                                                                            max_size=3),
+                 max_leaves=8).map(json.dumps),
+    st.sampled_from(['{"a":NaN}', "[1e999]", '"\\ud800"', "1 2", "", " {} ", '{"a":1}'.encode("utf-16"),
+                     '{"a":1}'.encode("utf-32-le"), b"\xef\xbb\xbf{}"]),
+))
+def test_loads_strict_accepts_and_refuses_what_json_loads_with_its_hooks_does(value: str | bytes) -> None:
+    """loads_strict keeps one decoder instead of json.loads(..., hooks); the answers must not change."""
+    def via_loads() -> object:
+        return json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
+
+    try:
+        expected: object = ("ok", via_loads())
+    except (ValueError, UnicodeDecodeError) as e:
+        expected = ("error", type(e))
+    try:
+        got: object = ("ok", loads_strict(value))
+    except (ValueError, UnicodeDecodeError) as e:
+        got = ("error", type(e))
+    assert got == expected or (got[0] == expected[0] == "ok" and json.dumps(got[1]) == json.dumps(expected[1]))
