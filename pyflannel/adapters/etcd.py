@@ -527,7 +527,9 @@ class EtcdClient:
             if "invalid auth token" in str(e) and self._auth is not None:
                 self._auth.token = None
             self._rotate(idx)
-            raise EtcdError(f"etcd {endpoint}: watch: {e}") from None
+            # A connection failure reads as it does for the gateway's requests (a TLS handshake said as such).
+            text = _describe(e.__cause__) if isinstance(e.__cause__, http1.HTTPError) else str(e)
+            raise EtcdError(f"etcd {endpoint}: watch: {text}") from None
         except TimeoutError:
             self._rotate(idx)
             raise EtcdError(f"etcd {endpoint}: watch: no response within {self._timeout:g}s") from None

@@ -19,8 +19,6 @@ or an HTTP/1.1-only proxy in front of etcd) ``NotHTTP2`` says so and the caller 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import ssl
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -29,10 +27,10 @@ from urllib.parse import unquote, urlsplit
 
 import hpack
 
+from pyflannel.adapters import http1
 from pyflannel.adapters.etcd import KeyValue, WatchEvent
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-READ_SIZE = 1 << 16
 MAX_WINDOW = (1 << 31) - 1
 #: Give the window back once this much has been read; far above any listing etcd sends at once.
 WINDOW_REFILL = 1 << 30
@@ -274,16 +272,9 @@ class GrpcWatchStream:
 
     async def _read(self) -> bytes:
         try:
-            data = await self._reader.read(READ_SIZE)
-        except TimeoutError as e:  # the kernel's ETIMEDOUT: keepalive or TCP_USER_TIMEOUT gave up
-            raise GrpcWatchError(f"connection lost: {os.strerror(e.errno or 110)}") from e
-        except ssl.SSLError as e:
-            raise GrpcWatchError(f"TLS error: {e}") from e
-        except OSError as e:
-            raise GrpcWatchError(f"connection lost: {e.strerror or e}") from e
-        if not data:
-            raise GrpcWatchError("server closed the connection")
-        return data
+            return await http1.read_some(self._reader)
+        except http1.HTTPError as e:
+            raise GrpcWatchError(str(e)) from e
 
     async def _frames(self) -> AsyncIterator[tuple[int, int, int, bytes]]:
         buf = b""
@@ -410,27 +401,15 @@ async def open_watch(url: str, *, tls: ssl.SSLContext | None, connect_timeout: f
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ctx = tls if parts.scheme == "https" else None
     try:
-        async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=ctx,
-                                                           server_hostname=host if ctx else None, limit=READ_SIZE)
-    except TimeoutError:
-        raise GrpcWatchError(f"connect to {host}:{port} timed out after {connect_timeout:g}s") from None
-    except ssl.SSLError as e:
-        raise GrpcWatchError(f"TLS handshake with {host}:{port} failed: {e}") from e
-    except OSError as e:
-        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
-        raise GrpcWatchError(f"cannot connect to {host}:{port}: {why}") from e
+        reader, writer = await http1.open_stream(host, port, ctx, connect_timeout, socket_options)
+    except http1.HTTPError as e:
+        raise GrpcWatchError(str(e)) from e
     if ctx is not None:
         sslobj = writer.get_extra_info("ssl_object")
         proto = sslobj.selected_alpn_protocol() if sslobj is not None else None
         if proto != "h2":
             writer.close()
             raise NotHTTP2(f"{host}:{port} did not offer HTTP/2 in the TLS handshake (ALPN {proto!r})")
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        for level, opt, val in socket_options:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(level, opt, val)
     writer.write(request_frames(parts.netloc, parts.scheme, message, token))
     return GrpcWatchStream(reader, writer)
 

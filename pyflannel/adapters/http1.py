@@ -71,6 +71,50 @@ class _Conn:
         self.writer.close()
 
 
+async def open_stream(host: str, port: int, ctx: ssl.SSLContext | None, connect_timeout: float,
+                      socket_options: Sequence[tuple[int, int, int]]) -> tuple[asyncio.StreamReader,
+                                                                               asyncio.StreamWriter]:
+    """A TCP (or, with ``ctx``, TLS) connection with our socket options; ConnectError says why not."""
+    try:
+        async with asyncio.timeout(connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host if ctx else None, limit=READ_SIZE
+            )
+    except TimeoutError:
+        raise ConnectError(f"connect to {host}:{port} timed out after {connect_timeout:g}s") from None
+    except ssl.SSLError as e:
+        raise ConnectError(f"TLS handshake with {host}:{port} failed: {e}") from e
+    except OSError as e:
+        # asyncio's text is "Connect call failed (addr)"; the errno's own text says why.
+        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        raise ConnectError(f"cannot connect to {host}:{port}: {why}") from e
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        for level, opt, val in socket_options:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, opt, val)
+    return reader, writer
+
+
+async def read_some(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes from the peer; ProtocolError when the connection is gone.
+
+    A TimeoutError from the read is the kernel's ETIMEDOUT (TCP keepalive or TCP_USER_TIMEOUT gave up on a
+    silent peer), so it means a lost connection, not one of our own timeouts.
+    """
+    try:
+        data = await reader.read(READ_SIZE)
+    except TimeoutError as e:
+        raise ProtocolError(f"connection lost: {os.strerror(e.errno or errno.ETIMEDOUT)}") from e
+    except ssl.SSLError as e:
+        raise ProtocolError(f"TLS error: {e}") from e
+    except OSError as e:
+        raise ProtocolError(f"connection lost: {e.strerror or e}") from e
+    if not data:
+        raise ProtocolError("server closed the connection")
+    return data
+
+
 class StreamResponse:
     """A response whose body is read as it arrives (``aiter_lines``) or at once (``aread``)."""
 
@@ -131,24 +175,7 @@ class HttpClient:
         ctx: ssl.SSLContext | None = None
         if scheme == "https":
             ctx = self._verify if isinstance(self._verify, ssl.SSLContext) else ssl.create_default_context()
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=ctx, server_hostname=host if ctx else None, limit=READ_SIZE
-                )
-        except TimeoutError:
-            raise ConnectError(f"connect to {host}:{port} timed out after {self._connect_timeout:g}s") from None
-        except ssl.SSLError as e:
-            raise ConnectError(f"TLS handshake with {host}:{port} failed: {e}") from e
-        except OSError as e:
-            # asyncio's text is "Connect call failed (addr)"; the errno's own text says why.
-            why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
-            raise ConnectError(f"cannot connect to {host}:{port}: {why}") from e
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            for level, opt, val in self._socket_options:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(level, opt, val)
+        reader, writer = await open_stream(host, port, ctx, self._connect_timeout, self._socket_options)
         conn = _Conn(reader, writer)
         self._open.add(conn)
         return conn
@@ -191,20 +218,8 @@ class HttpClient:
                 raise ProtocolError(f"bad HTTP response: {e}") from None
             if ev is not h11.NEED_DATA:
                 return ev
-            # Waits are bounded by the caller's asyncio.timeout, which arrives here as a cancellation; a
-            # TimeoutError here is the kernel's ETIMEDOUT (TCP keepalive or TCP_USER_TIMEOUT gave up on a
-            # silent peer), so the connection is lost.
-            try:
-                data = await conn.reader.read(READ_SIZE)
-            except TimeoutError as e:
-                raise ProtocolError(f"connection lost: {os.strerror(e.errno or errno.ETIMEDOUT)}") from e
-            except ssl.SSLError as e:
-                raise ProtocolError(f"TLS error: {e}") from e
-            except OSError as e:
-                raise ProtocolError(f"connection lost: {e.strerror or e}") from e
-            if not data:
-                raise ProtocolError("server closed the connection")
-            conn.h.receive_data(data)
+            # Waits are bounded by the caller's asyncio.timeout, which arrives here as a cancellation.
+            conn.h.receive_data(await read_some(conn.reader))
 
     async def _send(self, conn: _Conn, method: str, url: str, host: str, body: bytes | None,
                     headers: dict[str, str] | None) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from support.etcd import EtcdServer, TLSFiles, free_port
+from support.etcd import EtcdServer, TLSFiles, free_port, make_other_ca
 
 from pyflannel.adapters.etcd import Compacted, EtcdClient, EtcdError, TLSConfig, WatchEvent
 
@@ -107,6 +107,20 @@ def test_grpc_watch_over_tls(etcd_tls: tuple[EtcdServer, TLSFiles]) -> None:
 
     events, fell_back = run(go)
     assert fell_back == set() and len(events) == 6
+
+
+def test_grpc_watch_names_a_failed_tls_handshake(etcd_tls: tuple[EtcdServer, TLSFiles], tmp_path: Any) -> None:
+    server, files = etcd_tls
+    wrong = TLSConfig(str(make_other_ca(tmp_path / "other")), str(files.client_cert), str(files.client_key))
+
+    async def go() -> str:
+        async with EtcdClient([server.client_url], tls=wrong) as c:
+            with pytest.raises(EtcdError) as ei:
+                await _collect(c, 1, 1)
+            return str(ei.value)
+
+    msg = run(go)
+    assert server.client_url in msg and "watch: TLS handshake failed" in msg and "certificate verify failed" in msg
 
 
 def test_grpc_watch_with_auth_and_an_expired_token(etcd_auth: EtcdServer) -> None:
