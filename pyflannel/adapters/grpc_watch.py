@@ -96,60 +96,87 @@ def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint longer than 10 bytes")
 
 
-def _fields(buf: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int, int]]:
-    """(field number, wire type, value or start, end) for each field of one message in ``buf[start:end]``.
-
-    Length-delimited fields give the slice bounds; varints give the value and 0. Fixed 32- and 64-bit
-    fields are skipped over (etcd's Watch messages have none).
-    """
-    end = len(buf) if end is None else end
-    out = []
-    pos = start
-    while pos < end:
-        tag, pos = _read_varint(buf, pos)
-        num, wt = tag >> 3, tag & 7
-        if wt == 0:
-            val, pos = _read_varint(buf, pos)
-            out.append((num, 0, val, 0))
-        elif wt == 2:
-            n, pos = _read_varint(buf, pos)
-            if pos + n > end:
-                raise ValueError(f"field {num} runs past the end of its message")
-            out.append((num, 2, pos, pos + n))
-            pos += n
-        elif wt == 1:
-            pos += 8
-        elif wt == 5:
-            pos += 4
-        else:
-            raise ValueError(f"field {num} has wire type {wt}")
-    if pos != end:
-        raise ValueError("message ends inside a field")
-    return out
-
-
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _key_value(buf: bytes, start: int, end: int) -> KeyValue:
-    key = b""
-    value = b""
+def _skip(buf: bytes, pos: int, wt: int, num: int) -> int:
+    """The position after a field's value, for a field of wire type ``wt`` whose tag ended at ``pos``."""
+    if wt == 0:
+        return _read_varint(buf, pos)[1]
+    if wt == 2:
+        n, pos = _read_varint(buf, pos)
+        return pos + n
+    if wt == 1:
+        return pos + 8
+    if wt == 5:
+        return pos + 4
+    raise ValueError(f"field {num} has wire type {wt}")
+
+
+def _bounds(buf: bytes, pos: int, end: int, num: int) -> tuple[int, int]:
+    n, pos = _read_varint(buf, pos)
+    stop = pos + n
+    if stop > end:
+        raise ValueError(f"field {num} runs past the end of its message")
+    return pos, stop
+
+
+def _key_value(buf: bytes, pos: int, end: int) -> KeyValue:
+    key = value = b""
     create_rev = mod_rev = version = lease = 0
-    for num, _wt, a, b in _fields(buf, start, end):
-        if num == 1:
-            key = buf[a:b]
-        elif num == 5:
-            value = buf[a:b]
-        elif num == 3:
-            mod_rev = _signed(a)
-        elif num == 2:
-            create_rev = _signed(a)
-        elif num == 4:
-            version = _signed(a)
-        elif num == 6:
-            lease = _signed(a)
+    while pos < end:
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _read_varint(buf, pos)
+        num = tag >> 3
+        if tag & 7 == 0 and 2 <= num <= 6 and num != 5:
+            v, pos = _read_varint(buf, pos)
+            v = _signed(v)
+            if num == 3:
+                mod_rev = v
+            elif num == 2:
+                create_rev = v
+            elif num == 4:
+                version = v
+            else:
+                lease = v
+        elif tag & 7 == 2 and (num == 1 or num == 5):
+            a, pos = _bounds(buf, pos, end, num)
+            if num == 1:
+                key = buf[a:pos]
+            else:
+                value = buf[a:pos]
+        else:
+            pos = _skip(buf, pos, tag & 7, num)
+    if pos != end:
+        raise ValueError("message ends inside a field")
     return KeyValue(key.decode(errors="replace"), value, create_rev, mod_rev, version, lease)
+
+
+def _event(buf: bytes, pos: int, end: int) -> WatchEvent:
+    ev_type = "PUT"
+    kv = prev = None
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        num, wt = tag >> 3, tag & 7
+        if num == 1 and wt == 0:
+            t, pos = _read_varint(buf, pos)
+            ev_type = "DELETE" if t == 1 else "PUT"
+        elif (num == 2 or num == 3) and wt == 2:
+            a, stop = _bounds(buf, pos, end, num)
+            if num == 2:
+                kv = _key_value(buf, a, stop)
+            else:
+                prev = _key_value(buf, a, stop)
+            pos = stop
+        else:
+            pos = _skip(buf, pos, wt, num)
+    if pos != end:
+        raise ValueError("message ends inside a field")
+    return WatchEvent(ev_type, kv or KeyValue("", b""), prev)
 
 
 @dataclass(frozen=True)
@@ -163,36 +190,57 @@ class WatchResponse:
 
 
 def decode_watch_response(buf: bytes) -> WatchResponse:
-    """etcdserverpb.WatchResponse, keeping what the watcher reads. Raises ValueError on bad bytes."""
+    """etcdserverpb.WatchResponse, keeping what the watcher reads. Raises ValueError (or IndexError) on bad bytes.
+
+    Each message is walked once, without building a list of its fields: this runs once per watch event,
+    and its cost is paid again, several times over, when the caches are cold (docs/design-notes.md). A
+    known field with an unexpected wire type is skipped like an unknown one.
+    """
     header_rev = compact = 0
     created = canceled = False
     reason = ""
     events: list[WatchEvent] = []
-    for num, wt, a, b in _fields(buf):
-        if num == 11 and wt == 2:  # events (mvccpb.Event)
-            ev_type = "PUT"
-            kv = prev = None
-            for n2, w2, a2, b2 in _fields(buf, a, b):
-                if n2 == 1 and w2 == 0:
-                    ev_type = "DELETE" if a2 == 1 else "PUT"
-                elif n2 == 2 and w2 == 2:
-                    kv = _key_value(buf, a2, b2)
-                elif n2 == 3 and w2 == 2:
-                    prev = _key_value(buf, a2, b2)
-            events.append(WatchEvent(ev_type, kv or KeyValue("", b""), prev))
-        elif num == 1 and wt == 2:  # header (ResponseHeader); revision is field 3
-            for n2, w2, a2, _b2 in _fields(buf, a, b):
-                if n2 == 3 and w2 == 0:
-                    header_rev = _signed(a2)
-        elif num == 3 and wt == 0:
-            created = bool(a)
-        elif num == 4 and wt == 0:
-            canceled = bool(a)
-        elif num == 5 and wt == 0:
-            compact = _signed(a)
-        elif num == 6 and wt == 2:
-            reason = buf[a:b].decode(errors="replace")
+    pos, end = 0, len(buf)
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        num, wt = tag >> 3, tag & 7
+        if wt == 2 and (num == 11 or num == 1 or num == 6):
+            a, stop = _bounds(buf, pos, end, num)
+            if num == 11:
+                events.append(_event(buf, a, stop))
+            elif num == 1:
+                header_rev = _revision(buf, a, stop)
+            else:
+                reason = buf[a:stop].decode(errors="replace")
+            pos = stop
+        elif wt == 0 and 3 <= num <= 5:
+            v, pos = _read_varint(buf, pos)
+            if num == 3:
+                created = bool(v)
+            elif num == 4:
+                canceled = bool(v)
+            else:
+                compact = _signed(v)
+        else:
+            pos = _skip(buf, pos, wt, num)
+    if pos != end:
+        raise ValueError("message ends inside a field")
     return WatchResponse(header_rev, created, canceled, compact, reason, tuple(events))
+
+
+def _revision(buf: bytes, pos: int, end: int) -> int:
+    """ResponseHeader.revision (field 3)."""
+    rev = 0
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        if tag == 3 << 3:
+            v, pos = _read_varint(buf, pos)
+            rev = _signed(v)
+        else:
+            pos = _skip(buf, pos, tag & 7, tag >> 3)
+    if pos != end:
+        raise ValueError("message ends inside a field")
+    return rev
 
 
 # --- HTTP/2 ------------------------------------------------------------------------------------

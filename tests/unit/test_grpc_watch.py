@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from typing import Any
 
 import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyflannel.adapters import grpc_watch as gw
 from pyflannel.adapters.etcd import KeyValue, WatchEvent
@@ -64,6 +67,13 @@ def test_negative_int64_and_cancel_fields() -> None:
     assert r.cancel_reason.endswith("compacted")
 
 
+def test_a_known_field_with_another_wire_type_is_skipped() -> None:
+    # version (4) as bytes and value (5) as a varint: neither is taken, and the fields after them still are.
+    odd = blob(1, b"/k") + blob(4, b"\x07") + vint(5, 9) + vint(3, 21)
+    r = gw.decode_watch_response(response(rev=21, events=[vint(1, 1) + blob(2, odd)]))
+    assert r.events == (WatchEvent("DELETE", KeyValue("/k", b"", 0, 21, 0, 0)),)
+
+
 @pytest.mark.parametrize("bad", [
     blob(11, b"\x12\x10abc"),  # a field longer than its message
     b"\x08",  # a tag with no value
@@ -75,11 +85,31 @@ def test_bad_protobuf_is_a_value_error(bad: bytes) -> None:
         gw.decode_watch_response(bad)
 
 
+def fields(buf: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(number, wire type, value or start, end) of each varint or length-delimited field: enough to read
+    back what the client encodes."""
+    end = len(buf) if end is None else end
+    out = []
+    pos = start
+    while pos < end:
+        tag, pos = gw._read_varint(buf, pos)
+        if tag & 7 == 0:
+            val, pos = gw._read_varint(buf, pos)
+            out.append((tag >> 3, 0, val, 0))
+        else:
+            assert tag & 7 == 2
+            n, pos = gw._read_varint(buf, pos)
+            out.append((tag >> 3, 2, pos, pos + n))
+            pos += n
+    assert pos == end
+    return out
+
+
 def test_create_request_encoding() -> None:
     msg = gw.create_request(b"/coreos.com/network/", b"/coreos.com/network0", 300)
-    outer = gw._fields(msg)
+    outer = fields(msg)
     assert [(n, w) for n, w, _a, _b in outer] == [(1, 2)]
-    inner = gw._fields(msg, outer[0][2], outer[0][3])
+    inner = fields(msg, outer[0][2], outer[0][3])
     assert msg[inner[0][2]:inner[0][3]] == b"/coreos.com/network/"
     assert msg[inner[1][2]:inner[1][3]] == b"/coreos.com/network0"
     assert (inner[2][0], inner[2][2]) == (3, 300)
@@ -241,3 +271,14 @@ def test_windows_are_given_back_after_a_refill_worth_of_data(monkeypatch: pytest
     updates = [(s, struct.unpack(">I", p)[0]) for t, _f, s, p in _split(writer.data) if t == gw.WINDOW_UPDATE]
     # Two frames (166 bytes) pass the 150-byte mark and are given back on both windows; the third waits.
     assert updates == [(0, 166), (1, 166)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 299), st.binary(max_size=4))
+def test_any_bytes_decode_or_fail_with_a_value_error(noise: bytes, at: int, patch: bytes) -> None:
+    """A corrupted message becomes GrpcWatchError in _messages (which catches these two), never a crash."""
+    good = response(rev=9, events=[vint(1, 0) + blob(2, kv(b"/k/a", b"v", mod=9))])
+    mutated = good[:at % (len(good) + 1)] + patch + good[at % (len(good) + 1) + len(patch):]
+    for buf in (noise, mutated):
+        with contextlib.suppress(ValueError, IndexError):
+            gw.decode_watch_response(buf)
