@@ -242,11 +242,15 @@ class PeerTable:
         self.leases[key] = lease
         why = self._check(key, lease)
         self._why[key] = why
+        overlaps: set[str] | None = None
         if why == "":
             self._index_op(key, lease, True)
-            affected |= self._overlapping(lease)
+            overlaps = self._overlapping(lease)
+            affected |= overlaps
         affected.add(key)
-        return self._rejudge(affected)
+        # The new lease's overlaps were just looked up; judging it must not look them up again (the index
+        # does not change in between).
+        return self._rejudge(affected, key, overlaps)
 
     def remove(self, key: str) -> set[str]:
         """Forget one lease; returns the keys whose verdict changed (the removed one included)."""
@@ -314,13 +318,14 @@ class PeerTable:
         self._index_op(key, old, False)
         return self._overlapping(old)
 
-    def _rejudge(self, keys: set[str]) -> set[str]:
+    def _rejudge(self, keys: set[str], known: str | None = None, known_overlaps: set[str] | None = None) -> set[str]:
+        """Judge ``keys`` again; ``known_overlaps``, when given, are the overlaps of ``known``."""
         changed: set[str] = set()
         for key in keys:
             le = self.leases.get(key)
             if le is None:
                 continue
-            v = self._judge(key, le)
+            v = self._judge(key, le, known_overlaps if key == known else None)
             if self.verdicts.get(key, SKIPPED) != v:
                 changed.add(key)
             if v == SKIPPED:
@@ -329,14 +334,14 @@ class PeerTable:
                 self.verdicts[key] = v
         return changed
 
-    def _judge(self, key: str, le: Lease) -> Verdict:
+    def _judge(self, key: str, le: Lease, overlaps: set[str] | None = None) -> Verdict:
         why = self._why.get(key)
         if why is None:
             return SKIPPED
         if why:
             return Verdict(rejected=why)
         mine = self._priority(key)
-        for other in self._overlapping(le):
+        for other in self._overlapping(le) if overlaps is None else overlaps:
             if other != key and other in self._candidate and self._priority(other) < mine:
                 return Verdict(rejected=f"subnet {le.name} overlaps peer {self.leases[other].name}")
         return Verdict(self._candidate[key])
