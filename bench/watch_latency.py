@@ -3,9 +3,9 @@
 pyflannel's watch read etcd through the JSON gateway (HTTP/1.1, chunked JSON) until it moved to gRPC
 (pyflannel/adapters/grpc_watch.py), which Go flanneld uses; its unary calls still go through the gateway.
 This measures what that move was worth: in ``bench.scale``'s per-event figures both daemons start from one
-etcd put, so a head start of the gRPC watch was inside Go flanneld's figure and not pyflannel's. ``bench/watchlat`` (a Go program, pinned by its
-go.mod) holds one watch of each kind and times both from the same put; run in a one-node cluster's
-namespace against the same etcd the other benchmarks use.
+etcd put, so a head start of the gRPC watch was inside Go flanneld's figure and not pyflannel's.
+``bench/watchlat`` (a Go program, pinned by its go.mod) holds one watch of each kind and times both from
+the same put; run in a one-node cluster's namespace against the same etcd the other benchmarks use.
 
     python -m bench.watch_latency [--reps 40] [--runs 3]
 
