@@ -72,14 +72,19 @@ def _unb64(s: str | None) -> bytes:
     return base64.b64decode(s) if s else b""
 
 
-def prefix_range_end(prefix: str) -> str:
-    """The range_end that selects every key starting with ``prefix`` (etcd's WithPrefix)."""
+def prefix_end(prefix: str) -> bytes:
+    """The range end that selects every key starting with ``prefix`` (etcd's WithPrefix), as raw bytes."""
     b = bytearray(prefix.encode())
     for i in range(len(b) - 1, -1, -1):
         if b[i] < 0xFF:
             b[i] += 1
-            return _b64(bytes(b[: i + 1]))
-    return _b64(b"\x00")
+            return bytes(b[: i + 1])
+    return b"\x00"
+
+
+def prefix_range_end(prefix: str) -> str:
+    """``prefix_end`` as the gateway wants it (base64)."""
+    return _b64(prefix_end(prefix))
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,9 @@ class EtcdClient:
             verify = ssl.create_default_context()
         # Requests and watches share one client; a watch gets a connection of its own (never pooled) whose
         # stream has no read timeout, only the keepalive.
+        self._socket_options = _socket_options()
         self._client = http1.HttpClient(verify=verify, timeout=timeout, connect_timeout=min(timeout, 3.0),
-                                        socket_options=_socket_options())
+                                        socket_options=self._socket_options)
         # Watches go over gRPC (adapters/grpc_watch.py) unless an endpoint turns out not to speak HTTP/2;
         # those endpoints are remembered and watched through the gateway.
         self._grpc_watch = grpc_watch
@@ -482,13 +488,17 @@ class EtcdClient:
             self.errors += 1
             raise
 
+    def _forget_expired_token(self, error_text: str) -> None:
+        """A watch refused for an expired token: drop it, so the watcher's retry authenticates again."""
+        if self._auth is not None and "invalid auth token" in error_text:
+            self._auth.token = None
+
     def _watch_result(self, endpoint: str, compact_revision: int, canceled: bool, reason: str) -> None:
         """What both transports do with a response's compaction and cancel fields."""
         if compact_revision > 0:
             raise Compacted(compact_revision)
         if canceled:
-            if "invalid auth token" in reason and self._auth is not None:
-                self._auth.token = None
+            self._forget_expired_token(reason)
             raise EtcdError(f"etcd {endpoint}: watch canceled: {reason}")
 
     async def _watch_grpc(self, idx: int, endpoint: str, prefix: str,
@@ -499,14 +509,14 @@ class EtcdClient:
             # A context of its own: ALPN "h2" on the gateway client's context would make its requests HTTP/2.
             self._h2_tls = gw.h2_context(self._tls.context() if self._tls is not None
                                          else ssl.create_default_context())
-        message = gw.create_request(prefix.encode(), base64.b64decode(prefix_range_end(prefix)), start_revision)
+        message = gw.create_request(prefix.encode(), prefix_end(prefix), start_revision)
         stream: gw.GrpcWatchStream | None = None
         responses: AsyncGenerator[gw.WatchResponse, None] | None = None
         try:
             token = (await self._headers(endpoint)).get("Authorization")
             async with asyncio.timeout(self._timeout):
                 stream = await gw.open_watch(endpoint, tls=self._h2_tls, connect_timeout=min(self._timeout, 3.0),
-                                             socket_options=_socket_options(), message=message, token=token)
+                                             socket_options=self._socket_options, message=message, token=token)
                 responses = stream.responses()
                 res = await anext(responses)  # etcd answers a create at once; bounded like the gateway's head
             while True:
@@ -524,8 +534,7 @@ class EtcdClient:
             async for batch in self._watch_gateway(idx, endpoint, prefix, start_revision):
                 yield batch
         except gw.GrpcWatchError as e:
-            if "invalid auth token" in str(e) and self._auth is not None:
-                self._auth.token = None
+            self._forget_expired_token(str(e))
             self._rotate(idx)
             # A connection failure reads as it does for the gateway's requests (a TLS handshake said as such).
             text = _describe(e.__cause__) if isinstance(e.__cause__, http1.HTTPError) else str(e)
@@ -556,8 +565,7 @@ class EtcdClient:
             async with self._client.stream("POST", f"{endpoint}/v3/watch", json=body, headers=headers) as r:
                 if r.status_code != 200:
                     text = (await r.aread()).decode(errors="replace")
-                    if "invalid auth token" in text and self._auth is not None:
-                        self._auth.token = None
+                    self._forget_expired_token(text)
                     raise EtcdError(f"etcd {endpoint}: watch: HTTP {r.status_code}: {text.strip()[:200]}")
                 async for line in r.aiter_lines():
                     if not line.strip():
@@ -566,8 +574,7 @@ class EtcdClient:
                     if "error" in msg:
                         err = msg["error"]
                         text = err.get("message", err) if isinstance(err, dict) else err
-                        if "invalid auth token" in str(text) and self._auth is not None:
-                            self._auth.token = None
+                        self._forget_expired_token(str(text))
                         raise EtcdError(f"etcd {endpoint}: watch: {text}")
                     res = msg.get("result", {})
                     self._watch_result(endpoint, int(res.get("compact_revision", 0) or 0), bool(res.get("canceled")),

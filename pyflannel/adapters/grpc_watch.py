@@ -8,8 +8,8 @@ few hundred microseconds do not matter.
 Why not grpcio: it forks badly next to pyroute2's netns helpers and costs more resident memory than the
 whole daemon has to spare (docs/design-notes.md, "etcd"). A watch is one stream on one connection, so
 the client needs little HTTP/2: the preface and SETTINGS, one HEADERS and one DATA frame out, then
-DATA in, the trailers, PING and SETTINGS acks, and window updates. hpack (the python-hyper codec) decodes
-the server's headers, which Go compresses with Huffman coding and a dynamic table.
+DATA in, the trailers, PING and SETTINGS acks, and window updates. hpack (the python-hyper codec) encodes
+our headers and decodes the server's, which Go compresses with Huffman coding and a dynamic table.
 
 The stream yields the same ``WatchBatch`` objects as the gateway path, so nothing above the client can
 tell which transport carried an event. If an endpoint does not speak HTTP/2 (TLS without "h2" in ALPN,
@@ -250,25 +250,6 @@ def _frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return _HDR.pack(len(payload) << 8 | ftype) + bytes([flags]) + _HDR.pack(stream) + payload
 
 
-def _literal(name: str, value: str) -> bytes:
-    """An HPACK "literal header field without indexing, new name", no Huffman: no table state to keep."""
-
-    def string(s: str) -> bytes:
-        raw = s.encode()
-        n = len(raw)
-        if n < 0x7F:
-            return bytes([n]) + raw
-        n -= 0x7F
-        out = bytearray([0x7F])
-        while n >= 0x80:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out) + raw
-
-    return b"\x00" + string(name) + string(value)
-
-
 def request_frames(authority: str, scheme: str, message: bytes, token: str | None) -> bytes:
     """The client preface and everything the watch sends: one write, before any reply is read."""
     settings = struct.pack(">HI", SETTINGS_ENABLE_PUSH, 0) + struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE,
@@ -277,7 +258,7 @@ def request_frames(authority: str, scheme: str, message: bytes, token: str | Non
                ("content-type", "application/grpc"), ("te", "trailers")]
     if token is not None:
         headers.append(("token", token))
-    block = b"".join(_literal(k, v) for k, v in headers)
+    block = hpack.Encoder().encode(headers)  # a fresh table per connection: the server's starts empty too
     # The stream stays open for sending: a half-close (END_STREAM) would end etcd's watch.
     body = b"\x00" + _HDR.pack(len(message)) + message
     return (PREFACE + _frame(SETTINGS, 0, 0, settings)
@@ -310,7 +291,6 @@ class GrpcWatchStream:
         self._reader = reader
         self._writer = writer
         self._decoder = hpack.Decoder()
-        self._buf = b""
         self._message = b""
         self._unacked = 0
         self._got_headers = False
@@ -393,7 +373,7 @@ class GrpcWatchStream:
             # PRIORITY, WINDOW_UPDATE (we send nothing more), PUSH_PROMISE (disabled) and unknown types: ignored
 
     def _on_headers(self, headers: dict[str, str], end: bool) -> None:
-        if not self._got_headers:
+        if not self._got_headers:  # the response's own headers: is this a gRPC answer at all?
             self._got_headers = True
             status = headers.get(":status", "")
             if status != "200":
@@ -401,8 +381,6 @@ class GrpcWatchStream:
             ctype = headers.get("content-type", "")
             if not ctype.startswith("application/grpc"):
                 raise NotHTTP2(f"the Watch RPC answered with content-type {ctype!r}, not gRPC")
-            if not end:
-                return
         if end:  # trailers (or a trailers-only answer): the RPC is over
             text = grpc_status_text(headers)
             raise GrpcWatchError(text or "server ended the watch")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from support.etcd import EtcdServer, TLSFiles, free_port, make_other_ca
 
-from pyflannel.adapters.etcd import Compacted, EtcdClient, EtcdError, TLSConfig, WatchEvent
+from pyflannel.adapters.etcd import Compacted, EtcdClient, EtcdError, TLSConfig, WatchEvent, _b64
 
 PREFIX = "/coreos.com/network/"
 T = TypeVar("T")
@@ -48,12 +48,6 @@ async def _writes(c: EtcdClient) -> tuple[int, int]:
     await c.delete(PREFIX + "subnets/100.64.1.0-24")
     await c.put("/outside/the/prefix", "not watched")
     return first, 6
-
-
-def _b64(s: str) -> str:
-    import base64
-
-    return base64.b64encode(s.encode()).decode()
 
 
 def test_grpc_watch_gives_what_the_gateway_gives(etcd: EtcdServer) -> None:
