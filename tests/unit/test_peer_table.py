@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from ipaddress import IPv4Address, IPv4Network
 
@@ -78,6 +79,24 @@ def test_own_lease_change_rejudges() -> None:
     assert set(t.routed()) == {"p"}
     assert t.set_own(OWN) == {"p"}
     assert "overlaps our own subnet" in dict(t.rejected())["p"]
+
+
+def test_a_lease_under_two_winners_names_the_same_one_in_any_order() -> None:
+    # A /25 under both a /24 (node-sized, so it wins) and a /23: the message must not depend on the order
+    # the leases arrived in, nor on set iteration order.
+    items = [("100.64.24.0-23", lease("100.64.24.0/23", "198.18.1.12")),
+             ("100.64.25.0-24", lease("100.64.25.0/24", "198.18.1.13")),
+             ("100.64.25.0-25", lease("100.64.25.0/25", "198.18.1.14"))]
+    seen = set()
+    for order in itertools.permutations(items):
+        for extra in range(8):  # unrelated keys shift the set's insertion history
+            t = table()
+            for i in range(extra):
+                t.put(f"x{i}", lease(f"100.64.{100 + i}.0/24", f"198.18.1.{30 + i}"))
+            for k, le in order:
+                t.put(k, le)
+            seen.add(dict(t.rejected())["100.64.25.0-25"])
+    assert seen == {"subnet 100.64.25.0/25 overlaps peer 100.64.25.0/24"}
 
 
 subnets = st.builds(
