@@ -150,6 +150,10 @@ class PeerTable:
         self._why: dict[str, str | None] = {}  # per key: None skipped, "" candidate, else why refused
         # Keys that passed the per-lease checks, with what the backend built for them.
         self._candidate: dict[str, tuple[Entry, ...]] = {}
+        # When each key's lease last changed (not renewed): where two leases want one kernel object (the
+        # same VtepMAC, say) the newer one gets it, as in Go flanneld, whose last event wins.
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
 
     # --- per-lease checks -------------------------------------------------------------------
 
@@ -238,6 +242,8 @@ class PeerTable:
         old = self.leases.get(key)
         if old is not None and old == lease:
             return set()
+        if old is None or old.attrs != lease.attrs:
+            self._stamp(key)
         affected = self._drop(key)
         self.leases[key] = lease
         why = self._check(key, lease)
@@ -259,6 +265,7 @@ class PeerTable:
         affected = self._drop(key)
         del self.leases[key]
         self._why.pop(key, None)
+        self._seq.pop(key, None)
         changed = self._rejudge(affected - {key})
         if self.verdicts.pop(key, SKIPPED) != SKIPPED:
             changed.add(key)
@@ -282,6 +289,8 @@ class PeerTable:
         by_family: dict[int, list[tuple[str, int, int]]] = {4: [], 6: []}
         for key, le in new.items():
             self.leases[key] = le
+            if key not in self._seq:  # set_own reloads the table: the arrival order stays
+                self._stamp(key)
             self._why[key] = why = self._check(key, le)
             if why == "":
                 for sn in self._subnets(le):
@@ -289,7 +298,7 @@ class PeerTable:
         for version, items in by_family.items():
             if items:
                 self._index[version].add_many(items)
-        return self._rejudge(set(new))
+        return self._rejudge(new)  # in the listing's order, so the verdicts' order does not depend on hashing
 
     def set_own(self, own: Lease | None) -> set[str]:
         """Our lease changed: every verdict is judged again. Returns the keys that changed."""
@@ -318,7 +327,16 @@ class PeerTable:
         self._index_op(key, old, False)
         return self._overlapping(old)
 
-    def _rejudge(self, keys: set[str], known: str | None = None, known_overlaps: set[str] | None = None) -> set[str]:
+    def _stamp(self, key: str) -> None:
+        self._next_seq += 1
+        self._seq[key] = self._next_seq
+
+    def seq(self, key: str) -> int:
+        """When ``key``'s lease arrived or last changed (larger is newer); 0 for an unknown key."""
+        return self._seq.get(key, 0)
+
+    def _rejudge(self, keys: Iterable[str], known: str | None = None,
+                 known_overlaps: set[str] | None = None) -> set[str]:
         """Judge ``keys`` again; ``known_overlaps``, when given, are the overlaps of ``known``."""
         changed: set[str] = set()
         for key in keys:

@@ -428,11 +428,15 @@ class Daemon:
 
     def _note_rejected(self, keys: Iterable[str]) -> None:
         assert self.table is not None
+        verdicts = self.table.verdicts
+        new = []
         for key in keys:
-            v = self.table.verdicts.get(key)
+            v = verdicts.get(key)
             if v is not None and v.rejected and (key, v.rejected) not in self._rejected_seen:
                 self._rejected_seen.add((key, v.rejected))
-                log.warning("Ignoring subnet lease %s: %s", key, v.rejected)
+                new.append((key, v.rejected))
+        for key, why in sorted(new):  # ``keys`` is a set: log in an order that does not depend on hashing
+            log.warning("Ignoring subnet lease %s: %s", key, why)
 
     async def consume_events(self) -> None:
         assert self.table is not None and self.reconciler is not None

@@ -79,6 +79,10 @@ class Reconciler:
         self.mirror: dict[object, Entry] = {}  # identity -> what the kernel has
         self.owner: dict[object, str] = {}  # identity -> the key whose entry it is
         self.key_idents: dict[str, tuple[object, ...]] = {}
+        # Identities wanted by more than one routed lease (a VtepMAC or a WireGuard key on two leases): every
+        # key that wants it. Rare, so kept only for those; the newest lease (PeerTable.seq) gets the object,
+        # and when it lets go, the next newest takes it over in the same pass.
+        self.contested: dict[object, set[str]] = {}
         self.dirty: set[str] = set()
         self.foreign: set[object] = set()  # identities changed by someone else
         self.need_full = True
@@ -181,20 +185,27 @@ class Reconciler:
         indexes = self.backend.indexes()
         # Desired first: a lease event during the dump marks its key dirty for the next pass.
         owner: dict[object, str] = {}
-        key_idents: dict[str, tuple[object, ...]] = {}
+        key_ids: dict[str, list[object]] = {}
         desired: dict[object, Entry] = {}
+        contested: dict[object, set[str]] = {}
+        seq = self.table.seq
         for key in self.table.routed():
-            ids = []
+            ids = key_ids[key] = []
             for e in self.table.entries(key):
                 ident = e.ident
-                if ident in owner:
-                    log.warning("%s is wanted by leases %s and %s; keeping the first", describe(e),
-                                owner[ident], key)
-                    continue
+                other = owner.get(ident)
+                if other is not None:
+                    contested.setdefault(ident, {other}).add(key)
+                    if seq(other) > seq(key):
+                        continue
+                    key_ids[other].remove(ident)
                 owner[ident] = key
                 desired[ident] = e
                 ids.append(ident)
-            key_idents[key] = tuple(ids)
+        for cid, keys in contested.items():
+            log.warning("%s is wanted by leases %s; using the newest, %s", describe(desired[cid]),
+                        ", ".join(sorted(keys)), owner[cid])
+        key_idents = {k: tuple(ids) for k, ids in key_ids.items()}
         actual = await self.dataplane.observe(self.backend.scope(), indexes)
         ops = plan_entries(desired.values(), actual)
         mirror: dict[object, Entry] = {}
@@ -202,7 +213,7 @@ class Reconciler:
             ident = e.ident
             want = desired.get(ident)
             mirror[ident] = want if want == e else e  # share the desired object when equal
-        self.mirror, self.owner, self.key_idents = mirror, owner, key_idents
+        self.mirror, self.owner, self.key_idents, self.contested = mirror, owner, key_idents, contested
         failed = await self._apply(ops, indexes)
         self.stats.full_passes += 1
         self.stats.last_full_sync = time.time()
@@ -217,7 +228,8 @@ class Reconciler:
         keys, self.dirty = self.dirty, set()
         foreign, self.foreign = self.foreign, set()
         ops: list[Op] = []
-        for key in keys:
+        # Oldest change first: the same leases give the same ops in the same order, however they hashed.
+        for key in sorted(keys, key=self.table.seq) if len(keys) > 1 else keys:
             ops.extend(self._plan_key(key))
         for ident in foreign:
             want = self._wanted(ident)
@@ -244,8 +256,14 @@ class Reconciler:
             ident = e.ident
             other = self.owner.get(ident)
             if other is not None and other != key and ident in self.key_idents.get(other, ()):
-                log.warning("%s is wanted by leases %s and %s; keeping the first", describe(e), other, key)
-                continue
+                keys = self.contested.setdefault(ident, {other})
+                if key not in keys:
+                    keys.add(key)
+                    log.warning("%s is wanted by leases %s; using the newest, %s", describe(e),
+                                ", ".join(sorted(keys)), max(keys, key=self.table.seq))
+                if self.table.seq(other) > self.table.seq(key):
+                    continue
+                self.key_idents[other] = tuple(i for i in self.key_idents[other] if i != ident)
             self.owner[ident] = key
             ids.append(ident)
             if self.mirror.get(ident) != e:
@@ -255,6 +273,10 @@ class Reconciler:
             if ident in keep or self.owner.get(ident) != key:
                 continue
             del self.owner[ident]
+            heir = self._heir(ident, key)
+            if heir is not None:
+                ops.extend(heir)
+                continue
             cur = self.mirror.get(ident)
             if cur is not None:
                 ops.append(Op("delete", cur))
@@ -263,6 +285,30 @@ class Reconciler:
         else:
             self.key_idents.pop(key, None)
         return ops
+
+    def _heir(self, ident: object, leaving: str) -> list[Op] | None:
+        """``leaving`` let go of a contested ``ident``: hand it to the newest other lease that still wants
+        it (the ops to do so), or None when none does. Keys that no longer want it are dropped here."""
+        keys = self.contested.get(ident)
+        if keys is None:
+            return None
+        keys.discard(leaving)
+        best: tuple[int, str, Entry] | None = None
+        for k in list(keys):
+            e = next((x for x in self.table.entries(k) if x.ident == ident), None)
+            if e is None:
+                keys.discard(k)
+            elif best is None or self.table.seq(k) > best[0]:
+                best = (self.table.seq(k), k, e)
+        if len(keys) <= 1:
+            del self.contested[ident]
+        if best is None:
+            return None
+        _, heir, e = best
+        self.owner[ident] = heir
+        self.key_idents[heir] = (*self.key_idents.get(heir, ()), ident)
+        log.info("%s is now %s's, after %s let go of it", describe(e), heir, leaving)
+        return [] if self.mirror.get(ident) == e else [Op("replace", e)]
 
     async def _apply(self, ops: list[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
         if not ops:

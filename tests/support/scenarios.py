@@ -78,8 +78,11 @@ class Harness:
         raise NotImplementedError
 
     async def full_resync(self) -> None:
-        self.daemon.reconciler.request_full("test")
-        await self.settle()
+        """Run a full pass and wait until it has finished (need_full drops when it starts)."""
+        rec = self.daemon.reconciler
+        before = rec.stats.full_passes
+        rec.request_full("test")
+        await self.settle(lambda: rec.stats.full_passes > before)
 
     def lose_lease(self, new_subnet: str) -> None:
         self.sm.lose_lease(new_subnet)
@@ -164,6 +167,40 @@ async def lost_lease_moves_our_subnet(h: Harness) -> None:
     assert p.key_name not in set(h.daemon.table.routed())
 
 
+def _fdb(le: Any) -> Any:
+    return next(e for e in entries_of(le) if isinstance(e, Fdb))
+
+
+async def shared_vtep_mac_goes_to_the_newest_lease(h: Harness) -> None:
+    # Two leases with one VtepMAC (a node that came back with a new PublicIP while its old lease lives on):
+    # one FDB entry for the MAC, pointing at the newer lease's PublicIP, in every pass; when the newer
+    # lease goes, the older one gets the entry back at once, not at the next full resync.
+    mac = "0a:00:00:00:14:14"
+    old, new = peer(14, mac=mac), peer(15, mac=mac)
+    both = (entries_of(old) | entries_of(new)) - {_fdb(old)}
+    h.put(old)
+    await h.settle(lambda: _kernel(h) == entries_of(old))
+    h.put(new)
+    await h.settle(lambda: _kernel(h) == both)
+    await h.full_resync()  # the full pass picks the same lease
+    assert _kernel(h) == both
+    fulls = h.daemon.reconciler.stats.full_passes
+    h.delete(new.key_name)
+    await h.settle(lambda: _kernel(h) == entries_of(old))
+    h.put(new)
+    await h.settle(lambda: _kernel(h) == both)
+    h.delete(old.key_name)
+    await h.settle(lambda: _kernel(h) == entries_of(new))
+    assert h.daemon.reconciler.stats.full_passes == fulls
+    # Both in one batch: the later one in the batch is the newer.
+    h.delete(new.key_name)
+    await h.settle(lambda: _kernel(h) == set())
+    h.put(new, old)
+    await h.settle(lambda: _kernel(h) == (entries_of(old) | entries_of(new)) - {_fdb(new)})
+    await h.full_resync()
+    assert _kernel(h) == (entries_of(old) | entries_of(new)) - {_fdb(new)}
+
+
 SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
     leases_come_and_go,
     drift_is_repaired_from_notifications,
@@ -172,4 +209,5 @@ SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
     quiet_drift_is_found_by_the_full_resync,
     lease_stream_resync_replaces_the_set,
     lost_lease_moves_our_subnet,
+    shared_vtep_mac_goes_to_the_newest_lease,
 ]

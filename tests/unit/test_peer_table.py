@@ -99,6 +99,22 @@ def test_a_lease_under_two_winners_names_the_same_one_in_any_order() -> None:
     assert seen == {"subnet 100.64.25.0/25 overlaps peer 100.64.25.0/24"}
 
 
+def test_seq_orders_changes_not_renewals() -> None:
+    t = table()
+    a, b = lease("100.64.2.0/24", "198.18.0.12"), lease("100.64.3.0/24", "198.18.0.13")
+    t.replace_all([("a", a), ("b", b)])
+    assert 0 < t.seq("a") < t.seq("b")  # a first listing: its order
+    t.put("a", lease("100.64.2.0/24", "198.18.0.12"))  # the same value again (a renewal)
+    assert t.seq("a") < t.seq("b")
+    t.put("a", lease("100.64.2.0/24", "198.18.0.22"))  # a new PublicIP: a change
+    assert t.seq("a") > t.seq("b")
+    before = (t.seq("a"), t.seq("b"))
+    t.set_own(lease("100.64.9.0/24", "198.18.0.11"))  # re-judging everything keeps the order
+    assert (t.seq("a"), t.seq("b")) == before
+    t.remove("a")
+    assert t.seq("a") == 0
+
+
 subnets = st.builds(
     lambda third, plen: IPv4Network((int(IPv4Address("100.64.0.0")) + (third << 8) & ~((1 << (32 - plen)) - 1), plen)),
     st.integers(0, 40), st.sampled_from([22, 23, 24, 24, 24, 25, 26]),
