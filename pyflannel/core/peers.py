@@ -150,8 +150,8 @@ class PeerTable:
         self._why: dict[str, str | None] = {}  # per key: None skipped, "" candidate, else why refused
         # Keys that passed the per-lease checks, with what the backend built for them.
         self._candidate: dict[str, tuple[Entry, ...]] = {}
-        # When each key's lease last changed (not renewed): where two leases want one kernel object (the
-        # same VtepMAC, say) the newer one gets it, as in Go flanneld, whose last event wins.
+        # When each key's lease arrived or its entries last changed: where two leases want one kernel object
+        # (the same VtepMAC, say) the newer one gets it, as in Go flanneld, whose last event wins.
         self._seq: dict[str, int] = {}
         self._next_seq = 0
 
@@ -242,12 +242,15 @@ class PeerTable:
         old = self.leases.get(key)
         if old is not None and old == lease:
             return set()
-        if old is None or old.attrs != lease.attrs:
-            self._stamp(key)
+        before = self._candidate.get(key)
         affected = self._drop(key)
         self.leases[key] = lease
         why = self._check(key, lease)
         self._why[key] = why
+        # Newer only when what it wants changed: a change the reconciler is not told about (the verdict
+        # stays the same) must not make the next full pass hand it a contested object.
+        if old is None or self._candidate.get(key) != before:
+            self._stamp(key)
         overlaps: set[str] | None = None
         if why == "":
             self._index_op(key, lease, True)
@@ -332,7 +335,7 @@ class PeerTable:
         self._seq[key] = self._next_seq
 
     def seq(self, key: str) -> int:
-        """When ``key``'s lease arrived or last changed (larger is newer); 0 for an unknown key."""
+        """When ``key``'s lease arrived or its entries last changed (larger is newer); 0 for an unknown key."""
         return self._seq.get(key, 0)
 
     def _rejudge(self, keys: Iterable[str], known: str | None = None,

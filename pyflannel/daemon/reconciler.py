@@ -185,27 +185,27 @@ class Reconciler:
         indexes = self.backend.indexes()
         # Desired first: a lease event during the dump marks its key dirty for the next pass.
         owner: dict[object, str] = {}
-        key_ids: dict[str, list[object]] = {}
+        key_idents: dict[str, tuple[object, ...]] = {}
         desired: dict[object, Entry] = {}
         contested: dict[object, set[str]] = {}
         seq = self.table.seq
         for key in self.table.routed():
-            ids = key_ids[key] = []
+            ids = []
             for e in self.table.entries(key):
                 ident = e.ident
                 other = owner.get(ident)
-                if other is not None:
+                if other is not None:  # rare: a shared VtepMAC or WireGuard key
                     contested.setdefault(ident, {other}).add(key)
                     if seq(other) > seq(key):
                         continue
-                    key_ids[other].remove(ident)
+                    key_idents[other] = tuple(i for i in key_idents[other] if i != ident)
                 owner[ident] = key
                 desired[ident] = e
                 ids.append(ident)
+            key_idents[key] = tuple(ids)  # a tuple per key, not a list: this is the join's memory peak
         for cid, keys in contested.items():
             log.warning("%s is wanted by leases %s; using the newest, %s", describe(desired[cid]),
                         ", ".join(sorted(keys)), owner[cid])
-        key_idents = {k: tuple(ids) for k, ids in key_ids.items()}
         actual = await self.dataplane.observe(self.backend.scope(), indexes)
         ops = plan_entries(desired.values(), actual)
         mirror: dict[object, Entry] = {}
@@ -227,68 +227,77 @@ class Reconciler:
         started = time.monotonic()
         keys, self.dirty = self.dirty, set()
         foreign, self.foreign = self.foreign, set()
-        ops: list[Op] = []
+        # One op per identity, the last decision of this pass: two keys can plan for one contested
+        # identity in a batch (one lets go, another takes it), and each must see what the other planned.
+        planned: dict[object, Op] = {}
         # Oldest change first: the same leases give the same ops in the same order, however they hashed.
         for key in sorted(keys, key=self.table.seq) if len(keys) > 1 else keys:
-            ops.extend(self._plan_key(key))
+            self._plan_key(key, planned)
         for ident in foreign:
+            if ident in planned:  # a key's plan above already compared it with the kernel's copy
+                continue
             want = self._wanted(ident)
             cur = self.mirror.get(ident)
             if want is not None and cur != want:
-                ops.append(Op("replace", want))
+                planned[ident] = Op("replace", want)
                 self.stats.repairs += 1
             elif want is None and cur is not None:
-                ops.append(Op("delete", cur))
+                planned[ident] = Op("delete", cur)
                 self.stats.repairs += 1
-        if not ops:
+        if not planned:
             self._done(started, [])
             return []
-        failed = await self._apply(order(ops), self.backend.indexes())
+        failed = await self._apply(order(list(planned.values())), self.backend.indexes())
         self._done(started, failed)
         return failed
 
-    def _plan_key(self, key: str) -> list[Op]:
-        ops: list[Op] = []
+    def _want(self, ident: object, e: Entry | None, planned: dict[object, Op]) -> None:
+        """The kernel should end this pass with ``e`` (None: nothing) for ``ident``."""
+        cur = self.mirror.get(ident)
+        if cur == e:
+            planned.pop(ident, None)  # already there: no op, and none planned earlier in this pass either
+        elif e is not None:
+            planned[ident] = Op("replace", e)
+        else:
+            assert cur is not None
+            planned[ident] = Op("delete", cur)
+
+    def _plan_key(self, key: str, planned: dict[object, Op]) -> None:
         want = self.table.entries(key)
         old = self.key_idents.get(key, ())
         ids = []
+        seq = self.table.seq
         for e in want:
             ident = e.ident
             other = self.owner.get(ident)
             if other is not None and other != key and ident in self.key_idents.get(other, ()):
                 keys = self.contested.setdefault(ident, {other})
+                newer = seq(key) > seq(other)
                 if key not in keys:
                     keys.add(key)
                     log.warning("%s is wanted by leases %s; using the newest, %s", describe(e),
-                                ", ".join(sorted(keys)), max(keys, key=self.table.seq))
-                if self.table.seq(other) > self.table.seq(key):
+                                ", ".join(sorted(keys)), key if newer else other)
+                if not newer:
                     continue
                 self.key_idents[other] = tuple(i for i in self.key_idents[other] if i != ident)
             self.owner[ident] = key
             ids.append(ident)
-            if self.mirror.get(ident) != e:
-                ops.append(Op("replace", e))
+            self._want(ident, e, planned)
         keep = set(ids)
         for ident in old:
             if ident in keep or self.owner.get(ident) != key:
                 continue
             del self.owner[ident]
-            heir = self._heir(ident, key)
-            if heir is not None:
-                ops.extend(heir)
-                continue
-            cur = self.mirror.get(ident)
-            if cur is not None:
-                ops.append(Op("delete", cur))
+            self._want(ident, self._heir(ident, key), planned)
         if ids:
             self.key_idents[key] = tuple(ids)
         else:
             self.key_idents.pop(key, None)
-        return ops
 
-    def _heir(self, ident: object, leaving: str) -> list[Op] | None:
-        """``leaving`` let go of a contested ``ident``: hand it to the newest other lease that still wants
-        it (the ops to do so), or None when none does. Keys that no longer want it are dropped here."""
+    def _heir(self, ident: object, leaving: str) -> Entry | None:
+        """``leaving`` let go of ``ident``: give it to the newest other lease that still wants it and return
+        that lease's entry, or None when none does. Only contested identities have other candidates; keys
+        that no longer want it are dropped from the contest here."""
         keys = self.contested.get(ident)
         if keys is None:
             return None
@@ -308,7 +317,7 @@ class Reconciler:
         self.owner[ident] = heir
         self.key_idents[heir] = (*self.key_idents.get(heir, ()), ident)
         log.info("%s is now %s's, after %s let go of it", describe(e), heir, leaving)
-        return [] if self.mirror.get(ident) == e else [Op("replace", e)]
+        return e
 
     async def _apply(self, ops: list[Op], indexes: dict[str, int]) -> list[tuple[Op, str]]:
         if not ops:
