@@ -204,8 +204,10 @@ class Reconciler:
                 ids.append(ident)
             key_idents[key] = tuple(ids)  # a tuple per key, not a list: this is the join's memory peak
         for cid, keys in contested.items():
-            log.warning("%s is wanted by leases %s; using the newest, %s", describe(desired[cid]),
-                        ", ".join(sorted(keys)), owner[cid])
+            # Once per contest, not on every resync: the incremental pass already warned about a known one.
+            level = logging.DEBUG if self.contested.get(cid) == keys else logging.WARNING
+            log.log(level, "%s is wanted by leases %s; using the newest, %s", describe(desired[cid]),
+                    ", ".join(sorted(keys)), owner[cid])
         actual = await self.dataplane.observe(self.backend.scope(), indexes)
         ops = plan_entries(desired.values(), actual)
         mirror: dict[object, Entry] = {}

@@ -161,3 +161,25 @@ def test_remove_and_identical_add_in_one_batch_keeps_the_entry() -> None:
         await r.reconcile_once()
         assert set(dp.kernel.entries) == set(vxlan.peer_entries(mk("100.64.5.0/24", mac, 14), DEV)[0])
     asyncio.run(go())
+
+
+def test_a_known_contest_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        t, dp, r = make()
+        mac = MACS[1]
+        t.replace_all([(key(sn), mk(sn, mac, h)) for sn, h in (("100.64.2.0/24", 14), ("100.64.3.0/24", 15))])
+        await r.reconcile_once()  # the first full pass finds the contest
+        await r.reconcile_once(full=True)  # the resync timer's pass: nothing new
+        r.mark(t.put("100.64.4.0-24", mk("100.64.4.0/24", mac, 16)))  # a third lease joins it
+        await r.reconcile_once()
+        await r.reconcile_once(full=True)
+    with caplog.at_level(logging.DEBUG, logger="pyflannel"):
+        asyncio.run(go())
+    warned = [rec.getMessage() for rec in caplog.records
+              if rec.levelno == logging.WARNING and "is wanted by" in rec.getMessage()]
+    assert warned == [
+        "fdb 0a:00:00:00:00:02 dst 198.18.2.15 dev flannel.1 is wanted by leases 100.64.2.0-24, 100.64.3.0-24; "
+        "using the newest, 100.64.3.0-24",
+        "fdb 0a:00:00:00:00:02 dst 198.18.2.16 dev flannel.1 is wanted by leases 100.64.2.0-24, 100.64.3.0-24, "
+        "100.64.4.0-24; using the newest, 100.64.4.0-24",
+    ]
