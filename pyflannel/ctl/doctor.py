@@ -667,7 +667,11 @@ def check_wg_key_file(f: NodeFacts, opts: Any) -> Check:
 
 def wg_drift(f: NodeFacts) -> list[str]:
     """Each WireGuard peer that differs from the leases: ``missing ...`` or ``stale ...``."""
-    want = {(p.dev, p.public_key): p for p in f.wg_desired}
+    # Two leases can carry one public key; the daemon gives the peer to the newest, so any of them matches.
+    wanted: dict[tuple[str, str], list[Any]] = {}
+    for p in f.wg_desired:
+        wanted.setdefault((p.dev, p.public_key), []).append(p)
+    want = {k: ps[-1] for k, ps in wanted.items()}
     have = {(d.name, p.public_key): p.entry(d.name) for d in f.wg_devices if d.status is not None
             for p in d.status.peers}
     out = []
@@ -675,7 +679,8 @@ def wg_drift(f: NodeFacts) -> list[str]:
         h = have.get(key)
         if h is None:
             out.append(f"missing peer {p.public_key} on {p.dev} ({p.endpoint}, {','.join(p.allowed_ips)})")
-        elif (h.endpoint, h.allowed_ips, h.keepalive, h.psk) != (p.endpoint, p.allowed_ips, p.keepalive, p.psk):
+        elif all((h.endpoint, h.allowed_ips, h.keepalive, h.psk) != (q.endpoint, q.allowed_ips, q.keepalive, q.psk)
+                 for q in wanted[key]):
             out.append(f"peer {p.public_key} on {p.dev}: endpoint {h.endpoint}, AllowedIPs {','.join(h.allowed_ips)} "
                        f"(leases: {p.endpoint}, {','.join(p.allowed_ips)})")
     out += [f"stale peer {p.public_key} on {p.dev} ({p.endpoint}, {','.join(p.allowed_ips)})"

@@ -182,6 +182,23 @@ def test_wireguard_healthy_node() -> None:
     assert c["network_overlap"].level == "ok"  # the Network route through flannel-wg is flannel's own
 
 
+def test_wireguard_drift_accepts_either_lease_with_a_shared_key() -> None:
+    # Two leases with one public key: the daemon gives the peer to the newest; the device matching either
+    # lease is not drift, matching neither is.
+    f = wg_node()
+    other = wg_lease(IPv4Network("100.64.90.0/24"), "198.18.0.14", PEER_PUB)
+    f.wg_desired = [*f.wg_desired, *wgcore.peer_entries(other, f.wg_opts, own_key=PUB).peers]
+    assert doctor.wg_drift(f) == []
+    f.wg_desired.reverse()
+    assert doctor.wg_drift(f) == []
+    dev = f.wg_devices[0]
+    assert dev.status is not None
+    moved = dataclasses.replace(dev.status.peers[0], endpoint="198.18.0.99:51820")
+    f.wg_devices[0] = dataclasses.replace(dev, status=dataclasses.replace(dev.status, peers=(moved,)))
+    (line,) = doctor.wg_drift(f)
+    assert line.startswith(f"peer {PEER_PUB} on flannel-wg: endpoint 198.18.0.99:51820")
+
+
 def test_wireguard_status_rows_and_text() -> None:
     d = status.status_data(wg_node())
     (row,) = d["peers"]["rows"]

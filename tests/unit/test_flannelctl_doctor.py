@@ -198,6 +198,28 @@ def test_drift_lists_missing_and_stale_entries() -> None:
     assert status.kernel_peer_count(f) == 1
 
 
+def test_drift_accepts_the_fdb_entry_of_either_lease_with_a_shared_vtep_mac() -> None:
+    # A node came back with a new PublicIP and the same MAC while its old lease lives on: the daemon keeps
+    # one FDB entry for the MAC, the newer lease's. That is not drift; an FDB entry no lease wants is.
+    f = healthy()
+    own = f.own
+    assert own is not None
+    old = vx_lease(IPv4Network("100.64.90.0/24"), "198.18.0.13", "2a:a3:22:0d:18:d9")
+    new = vx_lease(PEER, "198.18.0.14", "2a:a3:22:0d:18:d9")
+    f.leases = [own, old, new]
+    f.peers, _ = vxlan.select_peers(own, f.leases, NET, [IPv4Network("198.18.0.0/24")])
+    f.desired = vxlan.desired_state("flannel.1", f.peers)
+    keep = {e for e in f.desired.fdbs if str(e.dst) == "198.18.0.14"}
+    f.actual = PeerState(f.desired.routes, f.desired.neighs, frozenset(keep))
+    assert status.drift(f) == []
+    assert [r["kernel"] for r in status.peer_rows(f)] == ["ok", "ok"]
+    wrong = {dataclasses.replace(e, dst=IPv4Address("198.18.0.99")) for e in keep}
+    f.actual = PeerState(f.desired.routes, f.desired.neighs, frozenset(wrong))
+    assert status.drift(f) == ["missing fdb 2a:a3:22:0d:18:d9 dst 198.18.0.13 dev flannel.1",
+                               "missing fdb 2a:a3:22:0d:18:d9 dst 198.18.0.14 dev flannel.1",
+                               "stale fdb 2a:a3:22:0d:18:d9 dst 198.18.0.99 dev flannel.1"]
+
+
 def test_status_report_text_and_json() -> None:
     f = healthy()
     data = status.status_data(f)
