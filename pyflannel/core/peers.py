@@ -364,12 +364,9 @@ class PeerTable:
         mine = self._priority(key)
         # Name the peer that wins, not the first one met: set order depends on insertion history and on
         # the string hash seed, and the same leases must give the same message however they arrived.
-        winner: tuple[int, int, int, int, str] | None = None
-        for other in self._overlapping(le) if overlaps is None else overlaps:
-            if other != key and other in self._candidate:
-                p = self._priority(other)
-                if p < mine and (winner is None or p < winner):
-                    winner = p
+        others = self._overlapping(le) if overlaps is None else overlaps
+        winner = min((p for o in others if o != key and o in self._candidate
+                      if (p := self._priority(o)) < mine), default=None)
         if winner is not None:
             return Verdict(rejected=f"subnet {le.name} overlaps peer {self.leases[winner[4]].name}")
         return Verdict(self._candidate[key])

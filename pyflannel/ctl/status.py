@@ -112,6 +112,7 @@ def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
     from pyflannel.core.backends import vxlan
 
     desired_all, actual = entry_sets(f)
+    held = {e.ident for e in actual & desired_all}  # shared VtepMAC: another lease's entry counts
     direct = bool(f.vopts and f.vopts.direct_routing)
     up = f.uplink.name if f.uplink else ""
     dev6 = f.device6.name if f.device6 is not None else ""
@@ -122,7 +123,6 @@ def vxlan_rows(f: NodeFacts) -> list[dict[str, Any]]:
             want = list(vxlan.peer_entries(p.lease, "", device6=f.device_name)[0]) if f.desired else []
         else:
             want = vxlan.desired_state(f.device_name, [p], direct, up, f.onlink).entries() if f.desired else []
-        held = {e.ident for e in actual if e in desired_all}  # shared VtepMAC: another lease's entry counts
         missing = sorted(describe(e).split(" ", 1)[0] for e in want if e not in actual and e.ident not in held)
         row: dict[str, Any] = {
             "subnet": p.lease.name,

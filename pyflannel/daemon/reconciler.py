@@ -158,12 +158,16 @@ class Reconciler:
 
     def _wanted(self, ident: object) -> Entry | None:
         key = self.owner.get(ident)
-        if key is None:
-            return None
-        for e in self.table.entries(key):
-            if e.ident == ident:
-                return e
-        return None
+        return None if key is None else self._entry_of(key, ident)
+
+    def _entry_of(self, key: str, ident: object) -> Entry | None:
+        """The entry ``key``'s lease wants for ``ident``, if any."""
+        return next((e for e in self.table.entries(key) if e.ident == ident), None)
+
+    @staticmethod
+    def _log_contest(level: int, e: Entry, keys: set[str], winner: str) -> None:
+        log.log(level, "%s is wanted by leases %s; using the newest, %s", describe(e), ", ".join(sorted(keys)),
+                winner)
 
     # --- passes -------------------------------------------------------------------------------
 
@@ -206,8 +210,7 @@ class Reconciler:
         for cid, keys in contested.items():
             # Once per contest, not on every resync: the incremental pass already warned about a known one.
             level = logging.DEBUG if self.contested.get(cid) == keys else logging.WARNING
-            log.log(level, "%s is wanted by leases %s; using the newest, %s", describe(desired[cid]),
-                    ", ".join(sorted(keys)), owner[cid])
+            self._log_contest(level, desired[cid], keys, owner[cid])
         actual = await self.dataplane.observe(self.backend.scope(), indexes)
         ops = plan_entries(desired.values(), actual)
         mirror: dict[object, Entry] = {}
@@ -277,8 +280,7 @@ class Reconciler:
                 newer = seq(key) > seq(other)
                 if key not in keys:
                     keys.add(key)
-                    log.warning("%s is wanted by leases %s; using the newest, %s", describe(e),
-                                ", ".join(sorted(keys)), key if newer else other)
+                    self._log_contest(logging.WARNING, e, keys, key if newer else other)
                 if not newer:
                     continue
                 self.key_idents[other] = tuple(i for i in self.key_idents[other] if i != ident)
@@ -306,7 +308,7 @@ class Reconciler:
         keys.discard(leaving)
         best: tuple[int, str, Entry] | None = None
         for k in list(keys):
-            e = next((x for x in self.table.entries(k) if x.ident == ident), None)
+            e = self._entry_of(k, ident)
             if e is None:
                 keys.discard(k)
             elif best is None or self.table.seq(k) > best[0]:
